@@ -1,0 +1,78 @@
+"""The Celery app factory shared by web (to send) and workers (to consume)."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from shared.config import Settings
+from shared.jobs import Priority
+from shared.registry import ModelSpec, Registry
+
+RUN_JOB = "conveyor.run_job"
+DELIVER_WEBHOOK = "conveyor.deliver_webhook"
+WEBHOOK_QUEUE = "webhooks"
+# Time a worker has past a job's soft limit to record the failure before the hard kill.
+HARD_LIMIT_GRACE_S = 15
+PRIORITY_STEPS = [0, 3, 6, 9]
+
+
+def make_celery(settings: Settings, registry: Registry) -> Celery:
+    """Build the Celery app: JSON only, late acks, one prefetch, declared queues only."""
+    app = Celery("conveyor", broker=settings.redis_url, set_as_current=False)
+    queues = [Queue(spec.queue) for spec in registry] + [Queue(WEBHOOK_QUEUE)]
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_queues=queues,
+        task_default_queue=WEBHOOK_QUEUE,
+        task_create_missing_queues=False,
+        task_time_limit=settings.default_time_limit_s + HARD_LIMIT_GRACE_S,
+        task_soft_time_limit=settings.default_time_limit_s,
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "priority_steps": PRIORITY_STEPS,
+            "sep": ":",
+            "queue_order_strategy": "priority",
+        },
+        # Loading a model happens in worker_process_init; give it time.
+        worker_proc_alive_timeout=900,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+def job_time_limits(spec: ModelSpec, settings: Settings, timeout_s: float | None) -> tuple:
+    """Return (soft, hard) seconds for a job: its own timeout capped by the model's."""
+    cap = spec.limits.time_limit_s or settings.default_time_limit_s
+    soft = min(cap, timeout_s) if timeout_s else cap
+    hard = soft + HARD_LIMIT_GRACE_S
+    if hard >= settings.visibility_timeout_s:
+        hard = settings.visibility_timeout_s - 1
+        soft = max(1, hard - HARD_LIMIT_GRACE_S)
+    return soft, hard
+
+
+def enqueue_job(
+    app: Celery, settings: Settings, spec: ModelSpec, job_id: str,
+    priority: Priority, timeout_s: float | None,
+) -> None:
+    """Send the run_job message for a job to its model's queue (ids only, never payloads)."""
+    soft, hard = job_time_limits(spec, settings, timeout_s)
+    app.send_task(
+        RUN_JOB,
+        args=[job_id],
+        queue=spec.queue,
+        priority=priority.celery_priority,
+        soft_time_limit=soft,
+        time_limit=hard,
+    )

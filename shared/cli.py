@@ -1,0 +1,159 @@
+"""The `conveyor` command line: run the stack or one component, and manage models."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from shared.config import Settings
+from shared.logs import setup_logging
+
+log = logging.getLogger("conveyor")
+
+
+def _settings(**overrides) -> Settings:
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)
+    except ValueError as exc:
+        raise click.ClickException(f"invalid settings: {exc}") from None
+
+
+@click.group()
+def main() -> None:
+    """conveyor: a self-hosted inference backend for open models."""
+
+
+@main.command()
+@click.option("--model", "models", multiple=True, help="Model id to serve (repeatable).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Where payloads, logs and the embedded Redis live [default: ./data].")
+@click.option("--redis-url", default=None, help="Use this Redis instead of starting one.")
+@click.option("--flower", is_flag=True, help="Also start the Flower dashboard.")
+@click.option("--flower-port", default=5555, show_default=True, type=int)
+def up(models, host, port, data_dir, redis_url, flower, flower_port) -> None:
+    """Run the whole stack on this machine: Redis, web, workers (and Flower)."""
+    from shared.registry import load_registry
+    from shared.supervisor import Stack, StackConfig, StartupFailed
+
+    settings = _settings(data_dir=data_dir)
+    setup_logging(settings.log_level)
+    registry = load_registry(settings.registry)
+    models = list(models) or [registry.default_for("chat").id]
+    unknown = [m for m in models if m not in registry]
+    if unknown:
+        raise click.ClickException(f"unknown model(s) {unknown}; known: "
+                                   f"{[s.id for s in registry]}")
+    stack = Stack(StackConfig(models=models, host=host, port=port, data_dir=settings.data_dir,
+                              redis_url=redis_url, flower=flower, flower_port=flower_port))
+
+    def _stop(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        stack.start()
+        _banner(host, port, models, stack, flower, flower_port)
+        stack.supervise()
+    except StartupFailed as exc:
+        stack.stop()
+        click.echo(f"conveyor up: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("\nconveyor: stopping...", err=True)
+    stack.stop()
+
+
+def _banner(host, port, models, stack, flower, flower_port) -> None:
+    base = f"http://{host}:{port}"
+    model = models[0]
+    click.echo(f"""
+conveyor is up at {base}   (models: {', '.join(models)}; redis: {stack.redis_url})
+logs: {stack.logs}
+{'flower: http://%s:%s' % (host, flower_port) if flower else ''}
+try it:
+  curl -s {base}/v1/jobs -H 'Content-Type: application/json' -H 'Prefer: wait=30' \\
+    -d '{{"model": "{model}", "input": {{"prompt": "What is the capital of France?"}}}}'
+
+Ctrl-C stops everything.
+""", err=False)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int)
+@click.option("--threads", default=32, show_default=True, type=int)
+def web(host, port, workers, threads) -> None:
+    """Serve the HTTP API with gunicorn (what the web container runs)."""
+    import os
+
+    os.execvp(sys.executable, [
+        sys.executable, "-m", "gunicorn", "web.wsgi:app", "--bind", f"{host}:{port}",
+        "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads),
+        "--timeout", "120", "--access-logfile", "-",
+    ])
+
+
+@main.command()
+@click.option("--model", required=True, help="The one model this worker serves.")
+@click.option("--concurrency", default=1, show_default=True, type=int,
+              help="Pool processes; each loads its own copy of the model.")
+def worker(model, concurrency) -> None:
+    """Run a Celery worker that consumes only model.<ID>."""
+    from workers.main import WorkerStartError, run_worker
+
+    settings = _settings()
+    setup_logging(settings.log_level)
+    try:
+        run_worker(settings, model, concurrency=concurrency, loglevel=settings.log_level)
+    except WorkerStartError as exc:
+        click.echo(f"conveyor worker: {exc}", err=True)
+        sys.exit(2)
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def models(ctx) -> None:
+    """List the registry's models (or pull one)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(models_list)
+
+
+@models.command("list")
+def models_list() -> None:
+    """Print the registry: id, backend, tasks, source."""
+    from shared.registry import load_registry
+
+    for spec in load_registry(_settings().registry):
+        mark = "*" if spec.default else " "
+        click.echo(f"{mark} {spec.id:<24} {spec.backend:<22} {','.join(spec.tasks):<18} "
+                   f"{spec.source.describe()}")
+
+
+@models.command("pull")
+@click.argument("model_id")
+def models_pull(model_id) -> None:
+    """Download a hub model into the local cache (resumable)."""
+    from shared.errors import ConveyorError
+    from shared.hub import pull
+    from shared.registry import load_registry
+
+    spec = load_registry(_settings().registry).get(model_id)
+    if spec is None:
+        raise click.ClickException(f"unknown model {model_id!r}")
+    try:
+        path = pull(spec)
+    except ConveyorError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"{model_id}: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Typed settings: the only place conveyor reads its environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_REGISTRY = Path(__file__).with_name("models.yaml")
+
+
+class Settings(BaseSettings):
+    """Every knob of conveyor, read from CONVEYOR_* environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis used as Celery broker, result store and event log.",
+    )
+    data_dir: Path = Field(
+        Path("./data"), description="Working directory for payloads, logs and embedded Redis."
+    )
+    registry: Path = Field(DEFAULT_REGISTRY, description="Path of the models.yaml registry.")
+    payload_url: str | None = Field(
+        None,
+        description="fsspec URL where job media is kept; default file://<data_dir>/payloads.",
+    )
+    result_ttl_s: int = Field(
+        86_400, ge=60, le=30 * 86_400, description="Seconds a job record and its payloads live."
+    )
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, le=2 * 1024**3, description="Largest accepted request body."
+    )
+    max_media_bytes: int = Field(
+        48 * 1024 * 1024, ge=1024, le=2 * 1024**3, description="Largest single media item."
+    )
+    max_queued_per_model: int = Field(
+        1000, ge=1, le=1_000_000, description="Queued jobs per model before submits get 429."
+    )
+    webhook_secret: str | None = Field(
+        None, description="Standard Webhooks signing secret, 'whsec_' + base64."
+    )
+    webhook_allow_private: bool = Field(
+        False, description="Allow webhook targets on loopback or private networks."
+    )
+    webhook_max_attempts: int = Field(
+        6, ge=1, le=20, description="Delivery attempts per webhook event."
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="Timeout of one webhook request."
+    )
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Bearer keys accepted by the API (JSON list); empty means no auth.",
+    )
+    lease_s: float = Field(
+        10.0, ge=1, le=600, description="Seconds a running job's lease lasts between renewals."
+    )
+    reaper_interval_s: float = Field(
+        2.0, gt=0, le=60, description="How often workers look for jobs whose lease expired."
+    )
+    max_deliveries: int = Field(
+        3, ge=1, le=20, description="Worker losses a job survives before it fails as worker_lost."
+    )
+    visibility_timeout_s: int = Field(
+        7200,
+        ge=30,
+        le=7 * 86_400,
+        description="Broker visibility timeout; every hard time limit stays below it.",
+    )
+    default_time_limit_s: int = Field(
+        600, ge=1, le=86_400, description="Hard time limit of a job when its model sets none."
+    )
+    cancel_check_interval_s: float = Field(
+        0.05, gt=0, le=5, description="Longest gap between two cancel-flag checks of a backend."
+    )
+    worker_max_memory_mb: int | None = Field(
+        None, ge=64, description="RSS ceiling; a worker past it finishes its job and is replaced."
+    )
+    log_level: str = Field("INFO", description="Log level of every component.")
+
+    @model_validator(mode="after")
+    def _time_limits_below_visibility(self) -> Settings:
+        if self.default_time_limit_s >= self.visibility_timeout_s:
+            raise ValueError("default_time_limit_s must stay below visibility_timeout_s")
+        return self
+
+    @property
+    def payload_location(self) -> str:
+        """Return the fsspec URL of the payload store."""
+        if self.payload_url:
+            return self.payload_url
+        return f"file://{(self.data_dir / 'payloads').resolve()}"

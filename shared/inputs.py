@@ -1,0 +1,180 @@
+"""Task input schemas: what each task accepts, validated before a job is queued."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared.errors import InvalidInput
+from shared.registry import ModelSpec
+
+
+class MediaRef(BaseModel):
+    """Media after intake: bytes live in the payload store under ref."""
+
+    ref: str
+    media_type: str
+    bytes: int
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class Sampling(_Input):
+    """Sampling fields, named as OpenAI names them, plus llama.cpp's extras."""
+
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    repeat_penalty: float | None = Field(None, gt=0, le=10)
+    stream: bool | None = Field(None, description="Token events on the job's event stream.")
+
+    def generation_params(self, spec: ModelSpec) -> dict[str, Any]:
+        """Return the sampling parameters a runtime takes, defaults filled in."""
+        stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        return {
+            "max_tokens": self.max_tokens or min(256, spec.limits.max_tokens),
+            "temperature": 0.7 if self.temperature is None else self.temperature,
+            "top_p": 0.95 if self.top_p is None else self.top_p,
+            "top_k": 40 if self.top_k is None else self.top_k,
+            "stop": stop,
+            "seed": self.seed,
+            "repeat_penalty": 1.1 if self.repeat_penalty is None else self.repeat_penalty,
+        }
+
+
+class _Media(_Input):
+    image: MediaRef | None = None
+    images: list[MediaRef] | None = None
+    audio: MediaRef | None = None
+    video: MediaRef | None = None
+
+
+class ChatInput(Sampling, _Media):
+    messages: list[Message] | None = Field(None, min_length=1)
+    prompt: str | None = None
+    system_prompt: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _needs_text(self) -> ChatInput:
+        if not self.messages and self.prompt is None:
+            raise ValueError("chat needs 'messages' or 'prompt'")
+        return self
+
+    def chat_messages(self) -> list[dict[str, Any]]:
+        """Return OpenAI-style messages, the system prompt and bare prompt folded in."""
+        msgs = [m.model_dump(exclude_none=True) for m in self.messages or []]
+        if self.prompt is not None:
+            msgs.append({"role": "user", "content": self.prompt})
+        if self.system_prompt and not any(m["role"] == "system" for m in msgs):
+            msgs.insert(0, {"role": "system", "content": self.system_prompt})
+        return msgs
+
+
+class CompleteInput(Sampling):
+    prompt: str
+
+
+class EmbedInput(_Input):
+    texts: list[str] | None = Field(None, min_length=1)
+    text: str | None = None
+    normalize: bool = True
+
+    @model_validator(mode="after")
+    def _needs_text(self) -> EmbedInput:
+        if self.texts is None and self.text is None:
+            raise ValueError("embed needs 'texts' or 'text'")
+        return self
+
+    def all_texts(self) -> list[str]:
+        return self.texts if self.texts is not None else [self.text]
+
+
+class ClassifyInput(_Input):
+    texts: list[str] | None = Field(None, min_length=1)
+    text: str | None = None
+    top_k: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _needs_text(self) -> ClassifyInput:
+        if self.texts is None and self.text is None:
+            raise ValueError("classify needs 'texts' or 'text'")
+        return self
+
+    def all_texts(self) -> list[str]:
+        return self.texts if self.texts is not None else [self.text]
+
+
+class VqaInput(_Input):
+    image: MediaRef
+    question: str = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+
+
+class TranscribeInput(_Input):
+    audio: MediaRef
+    language: str | None = None
+    prompt: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+
+
+class EchoInput(_Media):
+    model_config = ConfigDict(extra="allow")
+
+    sleep_s: float = Field(0, ge=0, le=60)
+    fail: str | None = Field(None, description="Fail the job with this message (for tests).")
+
+
+INPUTS: dict[str, type[BaseModel]] = {
+    "chat": ChatInput,
+    "complete": CompleteInput,
+    "embed": EmbedInput,
+    "classify": ClassifyInput,
+    "vqa": VqaInput,
+    "transcribe": TranscribeInput,
+    "echo": EchoInput,
+}
+
+
+def parse_input(task: str, data: dict[str, Any], spec: ModelSpec) -> BaseModel:
+    """Validate a task's input against its schema and the model's limits.
+
+    :raises InvalidInput: naming the first bad field.
+    """
+    try:
+        parsed = INPUTS[task].model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        param = f"input.{loc}" if loc else "input"
+        raise InvalidInput(f"{param}: {err['msg']}", param=param) from None
+    max_tokens = getattr(parsed, "max_tokens", None)
+    if max_tokens is not None and max_tokens > spec.limits.max_tokens:
+        raise InvalidInput(
+            f"input.max_tokens: {max_tokens} is over model {spec.id}'s limit of "
+            f"{spec.limits.max_tokens}",
+            param="input.max_tokens",
+        )
+    texts = getattr(parsed, "texts", None)
+    if texts is not None and len(texts) > spec.limits.max_batch:
+        raise InvalidInput(
+            f"input.texts: {len(texts)} items is over model {spec.id}'s batch limit of "
+            f"{spec.limits.max_batch}",
+            param="input.texts",
+        )
+    return parsed

@@ -1,0 +1,104 @@
+"""The web <-> worker contract: job states and the job record."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    def is_terminal(self) -> bool:
+        """Return True for states a job never leaves."""
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+
+
+class Priority(StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def celery_priority(self) -> int:
+        """Return the kombu Redis priority step (0 is served first)."""
+        return {"high": 0, "normal": 3, "low": 6}[self.value]
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+class JobMetrics(BaseModel):
+    queue_seconds: float | None = None
+    run_seconds: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    tokens_per_second: float | None = None
+
+
+class WebhookDelivery(BaseModel):
+    event: str
+    status: int | str
+    attempt: int
+    at: float
+
+
+class Webhook(BaseModel):
+    url: str
+    events: list[str] = Field(default_factory=lambda: ["start", "output", "completed"])
+    deliveries: list[WebhookDelivery] = Field(default_factory=list)
+
+
+class JobRecord(BaseModel):
+    """One job as stored in Redis and returned over HTTP."""
+
+    id: str
+    model: str
+    task: str
+    status: JobStatus = JobStatus.QUEUED
+    created_at: float
+    started_at: float | None = None
+    completed_at: float | None = None
+    input: dict[str, Any] = Field(default_factory=dict)
+    output: dict[str, Any] | None = None
+    error: JobError | None = None
+    metrics: JobMetrics = Field(default_factory=JobMetrics)
+    attempts: int = 0
+    priority: Priority = Priority.NORMAL
+    timeout_s: float | None = None
+    queue_timeout_s: float | None = None
+    webhook: Webhook | None = None
+    notice: str | None = None
+
+    def public(self, base_url: str = "") -> dict[str, Any]:
+        """Return the record as clients see it, with its URLs."""
+        data = self.model_dump(mode="json")
+        data["urls"] = {
+            "get": f"{base_url}/v1/jobs/{self.id}",
+            "cancel": f"{base_url}/v1/jobs/{self.id}/cancel",
+            "events": f"{base_url}/v1/jobs/{self.id}/events",
+        }
+        return data
+
+
+def new_job_id() -> str:
+    """Return a fresh, URL-safe job id."""
+    return uuid.uuid4().hex
+
+
+def now() -> float:
+    """Return the wall-clock time stamped on records."""
+    return time.time()

@@ -1,0 +1,110 @@
+"""The payload store: job media on any fsspec filesystem, kept under the job id."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import fsspec
+
+from shared.errors import PayloadTooLarge
+
+log = logging.getLogger(__name__)
+
+
+class PayloadStore:
+    """Media bytes by job id; refs look like '<job_id>/<name>'."""
+
+    def __init__(self, url: str, *, max_bytes: int) -> None:
+        self.fs, self.root = fsspec.core.url_to_fs(url)
+        self.root = self.root.rstrip("/")
+        self.max_bytes = max_bytes
+        self.fs.makedirs(self.root, exist_ok=True)
+
+    def _path(self, ref: str) -> str:
+        if ".." in ref.split("/") or ref.startswith("/"):
+            raise ValueError(f"bad payload ref {ref!r}")
+        return f"{self.root}/{ref}"
+
+    def put(self, job_id: str, name: str, data: bytes) -> str:
+        """Store bytes for a job and return their ref.
+
+        :raises PayloadTooLarge: when the item is over the size limit.
+        """
+        if len(data) > self.max_bytes:
+            raise PayloadTooLarge(
+                f"{name}: {len(data)} bytes is over the {self.max_bytes}-byte media limit",
+                param=name,
+            )
+        ref = f"{job_id}/{name}"
+        self.fs.makedirs(self._path(job_id), exist_ok=True)
+        with self.fs.open(self._path(ref), "wb") as fh:
+            fh.write(data)
+        return ref
+
+    def read(self, ref: str) -> bytes:
+        """Return the bytes behind a ref.
+
+        :raises FileNotFoundError: when it was deleted or never stored.
+        """
+        with self.fs.open(self._path(ref), "rb") as fh:
+            return fh.read()
+
+    def local_path(self, ref: str) -> str | None:
+        """Return a local filename for a ref when the store is on local disk."""
+        protocol = self.fs.protocol
+        protocols = protocol if isinstance(protocol, tuple) else (protocol,)
+        return self._path(ref) if "file" in protocols or "local" in protocols else None
+
+    def delete(self, job_id: str) -> None:
+        """Remove every payload of a job; a job with none is fine."""
+        path = self._path(job_id)
+        try:
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def job_ids(self) -> list[str]:
+        """Return the ids of jobs that have payloads stored."""
+        try:
+            entries = self.fs.ls(self.root, detail=False)
+        except FileNotFoundError:
+            return []
+        return [e.rstrip("/").rsplit("/", 1)[-1] for e in entries]
+
+    def usage(self) -> dict:
+        """Return how many jobs, files and bytes the store holds."""
+        files = self.fs.find(self.root, detail=True)
+        return {
+            "url": f"{self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]}"
+                   f"://{self.root}",
+            "jobs": len(self.job_ids()),
+            "files": len(files),
+            "bytes": sum(int(info.get("size") or 0) for info in files.values()),
+        }
+
+    def sweep(self, *, max_age_s: float, is_live: Callable[[str], bool]) -> list[str]:
+        """Delete payloads of jobs that ended or vanished, and of any older than max_age_s."""
+        removed = []
+        cutoff = time.time() - max_age_s
+        for job_id in self.job_ids():
+            try:
+                info = self.fs.info(self._path(job_id))
+                mtime = _mtime(info)
+            except FileNotFoundError:
+                continue
+            if not is_live(job_id) or (mtime is not None and mtime < cutoff):
+                self.delete(job_id)
+                removed.append(job_id)
+        if removed:
+            log.info("payload sweep removed %s job folders", len(removed))
+        return removed
+
+
+def _mtime(info: dict) -> float | None:
+    value = info.get("mtime") or info.get("LastModified") or info.get("created")
+    if value is None:
+        return None
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)

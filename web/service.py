@@ -1,0 +1,185 @@
+"""The job service behind every front door: validate, store media, record, enqueue."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.config import Settings
+from shared.errors import InvalidInput, NotFound, RateLimited
+from shared.fleet import Fleet
+from shared.inputs import parse_input
+from shared.jobs import JobError, JobRecord, Priority, Webhook, new_job_id, now
+from shared.payloads import PayloadStore
+from shared.registry import Registry
+from shared.results import ResultStore
+from web.dispatch import Dispatcher
+from web.intake import Intake
+
+log = logging.getLogger(__name__)
+
+NO_WORKER = "no worker is online for model {}; the job stays queued until one starts"
+
+
+class JobRequest(BaseModel):
+    """The body of POST /v1/jobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    task: str | None = None
+    input: dict[str, Any] = Field(default_factory=dict)
+    webhook: str | None = Field(None, max_length=2048)
+    webhook_events_filter: list[str] | None = None
+    priority: Priority = Priority.NORMAL
+    timeout_s: float | None = Field(None, gt=0, le=86_400)
+    queue_timeout_s: float | None = Field(None, gt=0, le=86_400)
+
+
+def parse_request(body: Any) -> JobRequest:
+    """Validate a submit body.
+
+    :raises InvalidInput: naming the first bad field.
+    """
+    if not isinstance(body, dict):
+        raise InvalidInput("request body must be a JSON object")
+    try:
+        return JobRequest.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        raise InvalidInput(f"{param}: {err['msg']}" if param else err["msg"], param=param) from None
+
+
+class JobService:
+    """Everything the HTTP layers do with jobs."""
+
+    def __init__(
+        self, settings: Settings, registry: Registry, store: ResultStore,
+        payloads: PayloadStore, dispatcher: Dispatcher, fleet: Fleet,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.payloads = payloads
+        self.dispatcher = dispatcher
+        self.fleet = fleet
+        self.webhook_hook = None  # set by the webhook module when it validates targets
+
+    def submit(self, req: JobRequest, files: dict[str, list[bytes]] | None = None) -> JobRecord:
+        """Create and queue a job.
+
+        :raises NotFound: unknown model. :raises InvalidInput: bad task or input.
+        :raises RateLimited: the model's queue is full.
+        """
+        spec = self.registry.get(req.model)
+        if spec is None:
+            raise NotFound(f"model {req.model!r} is not in the registry", param="model",
+                           code="model_not_found")
+        task = req.task or spec.default_task()
+        if task is None:
+            raise InvalidInput(f"model {spec.id} has several tasks {spec.tasks}; name one in "
+                               f"'task'", param="task")
+        if task not in spec.tasks:
+            raise InvalidInput(f"model {spec.id} does not support task {task!r} "
+                               f"(it supports {spec.tasks})", param="task",
+                               code="unsupported_task")
+        depth = self.store.queue_depth(spec.id)
+        if depth >= self.settings.max_queued_per_model:
+            raise RateLimited(f"model {spec.id} has {depth} queued jobs, the limit; retry later",
+                              retry_after=5, code="queue_full")
+        webhook = self._webhook(req)
+        job_id = new_job_id()
+        try:
+            inputs = Intake(self.payloads, job_id).process(req.input, files or {})
+            parsed = parse_input(task, inputs, spec)
+        except Exception:
+            self.payloads.delete(job_id)
+            raise
+        job = JobRecord(
+            id=job_id, model=spec.id, task=task, created_at=now(),
+            input=parsed.model_dump(mode="json", exclude_none=True),
+            priority=req.priority, timeout_s=req.timeout_s,
+            queue_timeout_s=req.queue_timeout_s, webhook=webhook,
+        )
+        if not self.fleet.workers(spec.id):
+            job.notice = NO_WORKER.format(spec.id)
+        self.store.create(job)
+        try:
+            self.dispatcher.enqueue(job, spec)
+        except Exception:
+            self.store.mark_failed(
+                job.id, JobError(type="enqueue_failed", message="could not queue the job")
+            )
+            self.payloads.delete(job.id)
+            raise
+        log.info("job %s model %s task %s queued", job.id, spec.id, task)
+        return job
+
+    def _webhook(self, req: JobRequest) -> Webhook | None:
+        if not req.webhook:
+            return None
+        hook = Webhook(url=req.webhook)
+        if req.webhook_events_filter is not None:
+            bad = sorted(set(req.webhook_events_filter) - {"start", "output", "completed"})
+            if bad:
+                raise InvalidInput(f"webhook_events_filter: unknown events {bad}",
+                                   param="webhook_events_filter")
+            hook.events = req.webhook_events_filter
+        if self.webhook_hook:
+            self.webhook_hook(hook)
+        return hook
+
+    def get(self, job_id: str) -> JobRecord:
+        """Return a job. :raises NotFound: unknown or expired id."""
+        job = self.store.get(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found (unknown or expired)", code="job_not_found")
+        return job
+
+    def wait(self, job_id: str, timeout_s: float) -> JobRecord:
+        """Return the job once it ends or timeout_s passes."""
+        job = self.store.wait(job_id, timeout_s)
+        if job is None:
+            raise NotFound(f"job {job_id} not found (unknown or expired)", code="job_not_found")
+        return job
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a job: at once when queued, at its next step when running."""
+        job = self.store.request_cancel(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found (unknown or expired)", code="job_not_found")
+        if job.status.is_terminal():
+            self.payloads.delete(job_id)
+        log.info("job %s model %s cancel requested (now %s)", job.id, job.model, job.status)
+        return job
+
+    def list(self, status: str | None, model: str | None, limit: int) -> list[JobRecord]:
+        """Return recent jobs, newest first."""
+        return self.store.list(status=status, model=model, limit=limit)
+
+    def models(self) -> list[dict[str, Any]]:
+        """Return the registry with live facts: queue depth, workers online, loaded."""
+        out = []
+        for spec in self.registry:
+            workers = self.fleet.workers(spec.id)
+            out.append({
+                "id": spec.id,
+                "object": "model",
+                "owned_by": "conveyor",
+                "backend": spec.backend,
+                "tasks": spec.tasks,
+                "description": spec.description,
+                "quantization": spec.quantization,
+                "source": spec.source.describe(),
+                "default": spec.default,
+                "queue": spec.queue,
+                "queue_depth": self.store.queue_depth(spec.id),
+                "workers_online": len(workers),
+                "loaded": any(w.get("loaded") for w in workers),
+                "limits": spec.limits.model_dump(),
+            })
+        return out
+

@@ -1,0 +1,107 @@
+"""The small contract every backend keeps, and the context a job runs in."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from shared.config import Settings
+from shared.errors import InputRejected
+from shared.registry import ModelSpec
+
+
+@dataclass
+class Result:
+    """What a backend returns: the task's output and what it measured."""
+
+    output: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class JobContext:
+    """A running job as a backend sees it: media, events, and when to stop."""
+
+    def __init__(
+        self, job_id: str, *, read_media: Callable[[str], bytes],
+        emit: Callable[[str, dict], None], stop_requested: Callable[[], bool],
+        deadline: float | None, check_interval_s: float,
+        media_path: Callable[[str], str | None] = lambda ref: None,
+    ) -> None:
+        self.job_id = job_id
+        self._read_media = read_media
+        self._media_path = media_path
+        self._emit = emit
+        self._stop_requested = stop_requested
+        self.deadline = deadline
+        self._interval = check_interval_s
+        self._next_check = 0.0
+        self.canceled = False
+        self.timed_out = False
+        self.tokens = 0
+
+    def media(self, ref: dict[str, Any] | str) -> bytes:
+        """Return the bytes of a media ref from the job input."""
+        return self._read_media(ref["ref"] if isinstance(ref, dict) else ref)
+
+    def media_path(self, ref: dict[str, Any] | str) -> str | None:
+        """Return a local file path for a media ref when the store is on local disk."""
+        return self._media_path(ref["ref"] if isinstance(ref, dict) else ref)
+
+    def should_stop(self) -> bool:
+        """Return True once the job was canceled or ran past its deadline (cheap to call)."""
+        if self.canceled or self.timed_out:
+            return True
+        t = time.monotonic()
+        if self.deadline is not None and t >= self.deadline:
+            self.timed_out = True
+            return True
+        if t >= self._next_check:
+            self._next_check = t + self._interval
+            self.canceled = self._stop_requested()
+        return self.canceled
+
+    def token(self, text: str) -> None:
+        """Publish one generated text delta on the job's event stream."""
+        self._emit("token", {"index": self.tokens, "text": text})
+        self.tokens += 1
+
+    def progress(self, done: int, total: int, **extra: Any) -> None:
+        """Publish progress through a multi-step job."""
+        self._emit("progress", {"done": done, "total": total, **extra})
+
+
+class Backend:
+    """Load a model once (in load(), never __init__) and run its tasks."""
+
+    tasks: tuple[str, ...] = ()
+
+    def __init__(self, spec: ModelSpec, settings: Settings) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.loaded = False
+
+    def load(self) -> None:
+        """Load weights; heavy work belongs here. :raises ModelNotAvailable:"""
+        self.loaded = True
+
+    def health(self) -> dict[str, Any]:
+        """Return facts about the loaded model for the admin views."""
+        return {"loaded": self.loaded}
+
+    def close(self) -> None:
+        """Release the model."""
+        self.loaded = False
+
+    def run(self, task: str, inputs: BaseModel, ctx: JobContext) -> Result:
+        """Run one task. :raises JobFailure: for failures the client should see."""
+        method = getattr(self, task, None)
+        if task not in self.tasks or method is None:
+            raise InputRejected(f"backend {type(self).__name__} cannot run task {task!r}")
+        return method(inputs, ctx)
+
+    def cleanup(self) -> None:
+        """Drop per-job caches; called after every job."""

@@ -1,0 +1,136 @@
+"""llama.cpp backend: GGUF chat and completion with token streaming and cancellation."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from shared.errors import InputRejected, ModelNotAvailable
+from shared.inputs import ChatInput, CompleteInput
+from shared.registry import resolve_source
+from workers.backends.base import Backend, JobContext, Result
+
+log = logging.getLogger(__name__)
+
+
+class LlamaCppBackend(Backend):
+    tasks = ("chat", "complete")
+
+    def load(self) -> None:
+        """Open the GGUF file with llama-cpp-python. :raises ModelNotAvailable:"""
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise ModelNotAvailable(
+                "llama-cpp-python is not installed (pip install 'conveyor[llama]')"
+            ) from exc
+        path = resolve_source(self.spec)
+        opts = self.spec.options
+        self.llm = Llama(
+            model_path=str(path),
+            n_ctx=int(opts.get("n_ctx") or 2048),
+            n_threads=opts.get("n_threads") or None,
+            n_batch=int(opts.get("n_batch") or 512),
+            n_gpu_layers=int(opts.get("n_gpu_layers") or 0),
+            chat_format=opts.get("chat_format") or None,
+            seed=int(opts.get("seed", 0xFFFFFFFF)),
+            verbose=False,
+        )
+        self.path = path
+        self.loaded = True
+
+    def health(self) -> dict[str, Any]:
+        info = super().health()
+        if self.loaded:
+            info.update(path=str(self.path), n_ctx=self.llm.n_ctx())
+        return info
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.close()
+            self.llm = None
+        super().close()
+
+    def _params(self, inputs: ChatInput | CompleteInput) -> dict[str, Any]:
+        p = inputs.generation_params(self.spec)
+        return {
+            "max_tokens": p["max_tokens"], "temperature": p["temperature"],
+            "top_p": p["top_p"], "top_k": p["top_k"], "stop": p["stop"] or None,
+            "seed": p["seed"], "repeat_penalty": p["repeat_penalty"],
+        }
+
+    def _count_prompt(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+
+    def chat(self, inputs: ChatInput, ctx: JobContext) -> Result:
+        """Chat from OpenAI-style messages; tools go to the chat handler."""
+        messages = inputs.chat_messages()
+        for m in messages:
+            if isinstance(m.get("content"), list):
+                if any(p.get("type") != "text" for p in m["content"]):
+                    raise InputRejected(f"model {self.spec.id} takes text only")
+                m["content"] = "".join(p.get("text", "") for p in m["content"])
+        params = self._params(inputs)
+        if inputs.tools or inputs.response_format:
+            return self._chat_once(messages, params, inputs)
+        stream = self.llm.create_chat_completion(messages=messages, stream=True, **params)
+        return self._consume(stream, ctx, lambda c: c["choices"][0]["delta"].get("content"))
+
+    def _chat_once(self, messages, params, inputs: ChatInput) -> Result:
+        t0 = time.perf_counter()
+        resp = self.llm.create_chat_completion(
+            messages=messages, tools=inputs.tools, tool_choice=inputs.tool_choice,
+            response_format=inputs.response_format, **params,
+        )
+        elapsed = time.perf_counter() - t0
+        choice = resp["choices"][0]
+        msg = choice["message"]
+        output = {"text": msg.get("content") or "", "finish_reason": choice["finish_reason"]}
+        if msg.get("tool_calls"):
+            output["tool_calls"] = msg["tool_calls"]
+        usage = resp.get("usage") or {}
+        return Result(output, _metrics(usage.get("prompt_tokens"),
+                                       usage.get("completion_tokens") or 0, elapsed))
+
+    def complete(self, inputs: CompleteInput, ctx: JobContext) -> Result:
+        """Continue a raw prompt."""
+        params = self._params(inputs)
+        stream = self.llm.create_completion(prompt=inputs.prompt, stream=True, **params)
+        result = self._consume(stream, ctx, lambda c: c["choices"][0].get("text"))
+        result.metrics["prompt_tokens"] = self._count_prompt(inputs.prompt)
+        return result
+
+    def _consume(self, stream, ctx: JobContext, delta_of) -> Result:
+        """Drain a llama.cpp stream: emit tokens, stop between tokens when asked."""
+        parts: list[str] = []
+        finish = None
+        completion = 0
+        t0 = time.perf_counter()
+        try:
+            for chunk in stream:
+                text = delta_of(chunk)
+                if text:
+                    parts.append(text)
+                    ctx.token(text)
+                    completion += 1
+                finish = chunk["choices"][0].get("finish_reason") or finish
+                if ctx.should_stop():
+                    finish = "canceled" if ctx.canceled else "timeout"
+                    break
+        finally:
+            stream.close()
+        elapsed = time.perf_counter() - t0
+        # llama.cpp keeps prompt + generated tokens in its context; the rest is the prompt.
+        prompt = max(0, self.llm.n_tokens - completion)
+        output = {"text": "".join(parts), "finish_reason": finish or "stop"}
+        return Result(output, _metrics(prompt, completion, elapsed))
+
+
+def _metrics(prompt: int | None, completion: int, elapsed: float) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "tokens_per_second": round(completion / elapsed, 3) if elapsed > 0 else None,
+    }

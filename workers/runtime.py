@@ -1,0 +1,205 @@
+"""One worker process's runtime: load the backend once, run jobs, clean up after each."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from shared.config import Settings
+from shared.errors import JobFailure, TransientError
+from shared.fleet import Fleet
+from shared.inputs import parse_input
+from shared.jobs import JobError, JobRecord
+from shared.payloads import PayloadStore
+from shared.registry import ModelSpec, Registry
+from shared.results import Claim, IllegalTransition, ResultStore, connect
+from workers.backends import backend_class
+from workers.backends.base import Backend, JobContext, Result
+from workers.memory import is_out_of_memory, memory_stats, release_memory
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 3.0
+TRANSIENT_RETRIES = 3
+OOM_EXIT_AFTER = 3  # consecutive out-of-memory failures before the process asks to be replaced
+
+
+class WorkerRuntime:
+    """Everything one pool process needs to run jobs for its model."""
+
+    def __init__(self, settings: Settings, registry: Registry, spec: ModelSpec) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.spec = spec
+        self.worker_id = f"{spec.id}@{socket.gethostname()}:{os.getpid()}"
+        self.store = ResultStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s)
+        self.payloads = PayloadStore(settings.payload_location, max_bytes=settings.max_media_bytes)
+        self.fleet = Fleet(self.store.r)
+        self.backend: Backend = backend_class(spec.backend)(spec, settings)
+        self.jobs_done = 0
+        self.current_job: str | None = None
+        self.consecutive_oom = 0
+        self.should_exit = False
+        self.started_at = time.time()
+        self.stop = threading.Event()
+
+    # lifecycle
+    def start(self) -> None:
+        """Load the model and start publishing this worker's heartbeat."""
+        t0 = time.perf_counter()
+        self.backend.load()
+        self.load_seconds = round(time.perf_counter() - t0, 3)
+        log.info("worker %s model %s loaded in %.2fs", self.worker_id, self.spec.id,
+                 self.load_seconds)
+        self.publish()
+        threading.Thread(target=self._heartbeat, name="conveyor-heartbeat", daemon=True).start()
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        self.fleet.remove(self.worker_id)
+        self.backend.close()
+
+    def facts(self) -> dict[str, Any]:
+        """Return what this worker publishes about itself."""
+        return {
+            "worker": self.worker_id, "model": self.spec.id, "backend": self.spec.backend,
+            "pid": os.getpid(), "hostname": socket.gethostname(),
+            "loaded": self.backend.loaded, "jobs_done": self.jobs_done,
+            "current_job": self.current_job, "started_at": self.started_at,
+            "load_seconds": getattr(self, "load_seconds", None),
+            "memory": memory_stats(), "health": self.backend.health(), "at": time.time(),
+        }
+
+    def publish(self) -> None:
+        self.fleet.publish(self.worker_id, self.facts())
+
+    def _heartbeat(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            try:
+                self.publish()
+            except Exception:  # Redis blips must not kill the heartbeat
+                log.warning("worker %s heartbeat failed", self.worker_id, exc_info=True)
+
+    @contextmanager
+    def _lease(self, job_id: str):
+        """Keep renewing this worker's lease on a job while it runs."""
+        done = threading.Event()
+        every = self.settings.lease_s / 3
+
+        def renew() -> None:
+            while not done.wait(every):
+                try:
+                    self.store.renew_lease(job_id, self.worker_id, self.settings.lease_s)
+                except Exception:
+                    log.warning("job %s lease renewal failed", job_id, exc_info=True)
+
+        thread = threading.Thread(target=renew, name=f"lease-{job_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+
+    # jobs
+    def execute(self, job_id: str, soft_limit_s: float | None = None) -> str:
+        """Run one delivered job through the result store; return what happened."""
+        claim = self.store.claim(job_id, self.worker_id, lease_s=self.settings.lease_s,
+                                 max_deliveries=self.settings.max_deliveries)
+        if claim != Claim.RUN:
+            log.info("job %s model %s: delivery dropped (%s)", job_id, self.spec.id, claim)
+            if claim in (Claim.DONE, Claim.LOST):
+                self.payloads.delete(job_id)
+            return claim.value
+        job = self.store.get(job_id)
+        self.current_job = job_id
+        log.info("job %s model %s: running (attempt %s)", job_id, job.model, job.attempts)
+        try:
+            with self._lease(job_id):
+                status = self._run(job, soft_limit_s)
+        finally:
+            self.current_job = None
+            self.jobs_done += 1
+            release_memory()
+            self.publish()
+        return status
+
+    def _run(self, job: JobRecord, soft_limit_s: float | None) -> str:
+        limit = min(filter(None, [job.timeout_s, soft_limit_s]), default=None)
+        ctx = JobContext(
+            job.id, read_media=self.payloads.read, media_path=self.payloads.local_path,
+            emit=lambda event, data: self.store.add_event(job.id, event, data),
+            stop_requested=lambda: self.store.cancel_requested(job.id),
+            deadline=time.monotonic() + limit if limit else None,
+            check_interval_s=self.settings.cancel_check_interval_s,
+        )
+        try:
+            result = self._attempt(job, ctx)
+        except SoftTimeLimitExceeded:
+            return self._fail(job, "timeout", f"the job ran past its {limit:g} s time limit")
+        except JobFailure as exc:
+            return self._fail(job, exc.type, exc.message)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                return self._oom(job, exc)
+            log.exception("job %s model %s failed", job.id, job.model)
+            return self._fail(job, "internal_error", f"{type(exc).__name__}: {exc}")
+        finally:
+            self.payloads.delete(job.id)
+        self.consecutive_oom = 0
+        return self._finish(job, ctx, result)
+
+    def _attempt(self, job: JobRecord, ctx: JobContext) -> Result:
+        inputs = parse_input(job.task, job.input, self.spec)
+        for attempt in range(1, TRANSIENT_RETRIES + 1):
+            try:
+                return self.backend.run(job.task, inputs, ctx)
+            except TransientError as exc:
+                if attempt == TRANSIENT_RETRIES:
+                    raise JobFailure(f"gave up after {attempt} tries: {exc}",
+                                     type="transient_error") from exc
+                log.warning("job %s transient error (try %s): %s", job.id, attempt, exc)
+                time.sleep(min(8.0, 0.5 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    def _finish(self, job: JobRecord, ctx: JobContext, result: Result) -> str:
+        try:
+            if ctx.canceled:
+                self.store.mark_canceled(job.id, output=result.output, metrics=result.metrics)
+                status = "canceled"
+            elif ctx.timed_out:
+                self.store.mark_failed(
+                    job.id, JobError(type="timeout", message="the job ran past its time limit"),
+                    output=result.output, metrics=result.metrics,
+                )
+                status = "timeout"
+            else:
+                self.store.mark_succeeded(job.id, result.output, result.metrics)
+                status = "succeeded"
+        except IllegalTransition as exc:
+            log.info("job %s ended elsewhere first: %s", job.id, exc)
+            return "done"
+        log.info("job %s model %s: %s", job.id, job.model, status)
+        return status
+
+    def _fail(self, job: JobRecord, type_: str, message: str) -> str:
+        try:
+            self.store.mark_failed(job.id, JobError(type=type_, message=message))
+        except IllegalTransition as exc:
+            log.info("job %s ended elsewhere first: %s", job.id, exc)
+            return "done"
+        log.warning("job %s model %s failed: %s: %s", job.id, job.model, type_, message)
+        return "failed"
+
+    def _oom(self, job: JobRecord, exc: BaseException) -> str:
+        self.consecutive_oom += 1
+        release_memory()
+        if self.consecutive_oom >= OOM_EXIT_AFTER:
+            self.should_exit = True
+        return self._fail(job, "out_of_memory", f"out of memory: {exc}")
