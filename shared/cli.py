@@ -59,7 +59,8 @@ def up(models, host, port, data_dir, redis_url, flower, flower_port) -> None:
     signal.signal(signal.SIGTERM, _stop)
     try:
         stack.start()
-        _banner(host, port, models, stack, flower, flower_port)
+        chat = next((m for m in models if "chat" in registry.get(m).tasks), None)
+        _banner(host, port, models, chat or models[0], stack, flower, flower_port)
         stack.supervise()
     except StartupFailed as exc:
         stack.stop()
@@ -70,13 +71,12 @@ def up(models, host, port, data_dir, redis_url, flower, flower_port) -> None:
     stack.stop()
 
 
-def _banner(host, port, models, stack, flower, flower_port) -> None:
+def _banner(host, port, models, model, stack, flower, flower_port) -> None:
     base = f"http://{host}:{port}"
-    model = models[0]
     click.echo(f"""
 conveyor is up at {base}   (models: {', '.join(models)}; redis: {stack.redis_url})
 logs: {stack.logs}
-{'flower: http://%s:%s' % (host, flower_port) if flower else ''}
+{f'flower: http://{host}:{flower_port}' if flower else ''}
 try it:
   curl -s {base}/v1/jobs -H 'Content-Type: application/json' -H 'Prefer: wait=30' \\
     -d '{{"model": "{model}", "input": {{"prompt": "What is the capital of France?"}}}}'

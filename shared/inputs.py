@@ -76,13 +76,14 @@ class ChatInput(Sampling, _Media):
             raise ValueError("chat needs 'messages' or 'prompt'")
         return self
 
-    def chat_messages(self) -> list[dict[str, Any]]:
+    def chat_messages(self, default_system: str | None = None) -> list[dict[str, Any]]:
         """Return OpenAI-style messages, the system prompt and bare prompt folded in."""
         msgs = [m.model_dump(exclude_none=True) for m in self.messages or []]
         if self.prompt is not None:
             msgs.append({"role": "user", "content": self.prompt})
-        if self.system_prompt and not any(m["role"] == "system" for m in msgs):
-            msgs.insert(0, {"role": "system", "content": self.system_prompt})
+        system = self.system_prompt or default_system
+        if system and not any(m["role"] == "system" for m in msgs):
+            msgs.insert(0, {"role": "system", "content": system})
         return msgs
 
 

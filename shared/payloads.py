@@ -77,9 +77,9 @@ class PayloadStore:
     def usage(self) -> dict:
         """Return how many jobs, files and bytes the store holds."""
         files = self.fs.find(self.root, detail=True)
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         return {
-            "url": f"{self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]}"
-                   f"://{self.root}",
+            "url": f"{protocol}://{self.root}",
             "jobs": len(self.job_ids()),
             "files": len(files),
             "bytes": sum(int(info.get("size") or 0) for info in files.values()),

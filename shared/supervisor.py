@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -29,10 +30,8 @@ class StartupFailed(Exception):
 
 def _die_with_parent() -> None:
     # Runs in the child before exec: if the supervisor is killed, the kernel ends the child too.
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 @dataclass
@@ -69,10 +68,8 @@ class Child:
     def signal(self, sig: int) -> None:
         if self.proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 @dataclass
@@ -120,8 +117,9 @@ class Stack:
         port = free_port()
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         client = redis.Redis(port=port, socket_connect_timeout=1)
-        return Child("redis", redis_command(binary, self.data_dir / "redis", port), dict(os.environ),
-                     self.logs / "redis.log", ready=lambda: _safe(client.ping), restart=True)
+        cmd = redis_command(binary, self.data_dir / "redis", port)
+        return Child("redis", cmd, dict(os.environ), self.logs / "redis.log",
+                     ready=lambda: _safe(client.ping))
 
     def _web_child(self) -> Child:
         url = f"http://{self.cfg.host}:{self.cfg.port}/readyz"

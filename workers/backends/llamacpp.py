@@ -66,7 +66,7 @@ class LlamaCppBackend(Backend):
 
     def chat(self, inputs: ChatInput, ctx: JobContext) -> Result:
         """Chat from OpenAI-style messages; tools go to the chat handler."""
-        messages = inputs.chat_messages()
+        messages = inputs.chat_messages(self.spec.options.get("system_prompt"))
         for m in messages:
             if isinstance(m.get("content"), list):
                 if any(p.get("type") != "text" for p in m["content"]):

