@@ -183,3 +183,17 @@ class JobService:
             })
         return out
 
+
+    def payload_usage(self) -> dict[str, Any]:
+        """Return the payload store's usage."""
+        return self.payloads.usage()
+
+    def sweep_payloads(self) -> dict[str, Any]:
+        """Delete payloads of ended, vanished or expired jobs now."""
+
+        def is_live(job_id: str) -> bool:
+            job = self.store.get(job_id)
+            return job is not None and not job.status.is_terminal()
+
+        removed = self.payloads.sweep(max_age_s=self.settings.result_ttl_s, is_live=is_live)
+        return {"removed_jobs": len(removed), "removed": removed, **self.payloads.usage()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -14,7 +15,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from shared.config import Settings
 from shared.errors import JobFailure, TransientError
-from shared.fleet import Fleet
+from shared.fleet import COMMANDS_CHANNEL, Fleet
 from shared.inputs import parse_input
 from shared.jobs import JobError, JobRecord
 from shared.payloads import PayloadStore
@@ -60,6 +61,7 @@ class WorkerRuntime:
                  self.load_seconds)
         self.publish()
         threading.Thread(target=self._heartbeat, name="conveyor-heartbeat", daemon=True).start()
+        threading.Thread(target=self._listen, name="conveyor-commands", daemon=True).start()
 
     def shutdown(self) -> None:
         self.stop.set()
@@ -86,6 +88,25 @@ class WorkerRuntime:
                 self.publish()
             except Exception:  # Redis blips must not kill the heartbeat
                 log.warning("worker %s heartbeat failed", self.worker_id, exc_info=True)
+
+    def _listen(self) -> None:
+        """Obey operator commands broadcast to every worker (e.g. clean memory now)."""
+        while not self.stop.is_set():
+            try:
+                pubsub = self.store.r.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(COMMANDS_CHANNEL)
+                for message in pubsub.listen():
+                    if self.stop.is_set():
+                        return
+                    command = json.loads(message["data"]).get("command")
+                    if command == "cleanup":
+                        log.info("worker %s: cleanup requested by an operator", self.worker_id)
+                        self.backend.cleanup()
+                        release_memory()
+                        self.publish()
+            except Exception:  # reconnect after Redis blips
+                log.warning("worker %s command listener failed", self.worker_id, exc_info=True)
+                self.stop.wait(1.0)
 
     @contextmanager
     def _lease(self, job_id: str):
