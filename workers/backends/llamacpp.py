@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from typing import Any
@@ -80,10 +81,13 @@ class LlamaCppBackend(Backend):
 
     def _chat_once(self, messages, params, inputs: ChatInput) -> Result:
         t0 = time.perf_counter()
-        resp = self.llm.create_chat_completion(
-            messages=messages, tools=inputs.tools, tool_choice=inputs.tool_choice,
-            response_format=inputs.response_format, **params,
-        )
+        try:
+            resp = self.llm.create_chat_completion(
+                messages=messages, tools=inputs.tools, tool_choice=inputs.tool_choice,
+                response_format=inputs.response_format, **params,
+            )
+        except ValueError as exc:  # prompt over n_ctx, or a schema llama.cpp cannot use
+            raise InputRejected(f"llama.cpp rejected the request: {exc}") from None
         elapsed = time.perf_counter() - t0
         choice = resp["choices"][0]
         msg = choice["message"]
@@ -109,7 +113,8 @@ class LlamaCppBackend(Backend):
         completion = 0
         t0 = time.perf_counter()
         try:
-            for chunk in stream:
+            first = _first(stream)
+            for chunk in first:
                 text = delta_of(chunk)
                 if text:
                     parts.append(text)
@@ -126,6 +131,20 @@ class LlamaCppBackend(Backend):
         prompt = max(0, self.llm.n_tokens - completion)
         output = {"text": "".join(parts), "finish_reason": finish or "stop"}
         return Result(output, _metrics(prompt, completion, elapsed))
+
+
+def _first(stream):
+    """Start a stream; llama.cpp rejects a prompt over the context window on the first step.
+
+    :raises InputRejected: when the prompt does not fit.
+    """
+    try:
+        head = next(stream)
+    except StopIteration:
+        return iter(())
+    except ValueError as exc:  # raised by llama-cpp-python for prompts over n_ctx
+        raise InputRejected(f"the prompt does not fit the model's context window: {exc}") from None
+    return itertools.chain([head], stream)
 
 
 def _metrics(prompt: int | None, completion: int, elapsed: float) -> dict[str, Any]:
