@@ -118,7 +118,7 @@ class Stack:
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         client = redis.Redis(port=port, socket_connect_timeout=1)
         cmd = redis_command(binary, self.data_dir / "redis", port)
-        return Child("redis", cmd, dict(os.environ), self.logs / "redis.log",
+        return Child("redis", cmd, self._env(), self.logs / "redis.log",
                      ready=lambda: _safe(client.ping))
 
     def _web_child(self) -> Child:
