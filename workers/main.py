@@ -6,9 +6,12 @@ import logging
 import os
 import signal
 import tempfile
+import time
 from pathlib import Path
 
+import redis
 from celery import Celery
+from celery.exceptions import Reject
 from celery.signals import worker_process_init, worker_process_shutdown
 
 from shared.celery_app import RUN_JOB, make_celery
@@ -39,7 +42,13 @@ def build_worker_app(settings: Settings, spec: ModelSpec) -> Celery:
     def run_job(self, job_id: str) -> str:
         runtime: WorkerRuntime = app.conveyor_runtime
         soft = (self.request.timelimit or (None, None))[1]
-        status = runtime.execute(job_id, soft)
+        try:
+            status = runtime.execute(job_id, soft)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The job store is unreachable: hand the message back rather than ack it away.
+            log.error("job %s: Redis unavailable (%s); requeueing the message", job_id, exc)
+            time.sleep(1.0)
+            raise Reject(exc, requeue=True) from exc
         if runtime.should_exit:
             log.error("worker %s keeps running out of memory; exiting to be replaced",
                       runtime.worker_id)
