@@ -38,8 +38,26 @@ class LlamaCppBackend(Backend):
             seed=int(opts.get("seed", 0xFFFFFFFF)),
             verbose=False,
         )
+        self._set_prompt_cache(opts)
         self.path = path
         self.loaded = True
+
+    def _set_prompt_cache(self, opts: dict[str, Any]) -> None:
+        """Reuse evaluated prompt prefixes across jobs: `cache: ram | disk` in options."""
+        kind = opts.get("cache")
+        if not kind:
+            return
+        from llama_cpp import LlamaDiskCache, LlamaRAMCache
+
+        capacity = int(opts.get("cache_capacity_bytes") or 1 << 30)
+        if kind == "ram":
+            self.llm.set_cache(LlamaRAMCache(capacity_bytes=capacity))
+        elif kind == "disk":
+            folder = opts.get("cache_dir") or str(
+                self.settings.data_dir / "llama-cache" / self.spec.id)
+            self.llm.set_cache(LlamaDiskCache(cache_dir=folder, capacity_bytes=capacity))
+        else:
+            raise ValueError(f"model {self.spec.id}: options.cache must be ram or disk")
 
     def health(self) -> dict[str, Any]:
         info = super().health()
