@@ -76,3 +76,10 @@ def enqueue_job(
         soft_time_limit=soft,
         time_limit=hard,
     )
+
+
+def enqueue_webhook(app: Celery, msg_id: str, attempt: int = 1,
+                    countdown: float | None = None) -> None:
+    """Send one webhook delivery attempt to the webhooks queue (the event's id only)."""
+    app.send_task(DELIVER_WEBHOOK, args=[msg_id, attempt], queue=WEBHOOK_QUEUE,
+                  countdown=countdown)

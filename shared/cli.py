@@ -118,6 +118,18 @@ def worker(model, concurrency) -> None:
         sys.exit(2)
 
 
+@main.command("webhook-worker")
+@click.option("--concurrency", default=8, show_default=True, type=int,
+              help="Deliveries in flight at once (threads; each request has a timeout).")
+def webhook_worker(concurrency) -> None:
+    """Run the light worker that delivers signed webhooks from the `webhooks` queue."""
+    from workers.webhooks import run_webhook_worker
+
+    settings = _settings()
+    setup_logging(settings.log_level)
+    run_webhook_worker(settings, concurrency=concurrency, loglevel=settings.log_level)
+
+
 @main.group(invoke_without_command=True)
 @click.pass_context
 def models(ctx) -> None:

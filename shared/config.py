@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REGISTRY = Path(__file__).with_name("models.yaml")
@@ -51,6 +53,26 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(
         10.0, gt=0, le=120, description="Timeout of one webhook request."
     )
+    webhook_backoff_s: float = Field(
+        2.0, gt=0, le=600,
+        description="Delay before the first webhook retry; doubles each attempt, with jitter.",
+    )
+    webhook_backoff_max_s: float = Field(
+        300.0, gt=0, le=3600, description="Longest delay between two webhook attempts."
+    )
+    sse_heartbeat_s: float = Field(
+        15.0, gt=0, le=300, description="Seconds of silence before an event stream sends a "
+        "heartbeat comment (keeps proxies from closing it)."
+    )
+    payload_sweep_interval_s: float = Field(
+        600.0, ge=1, le=86_400,
+        description="How often the workers' reaper sweeps payloads of ended or vanished jobs.",
+    )
+    payload_orphan_grace_s: float = Field(
+        600.0, ge=0, le=86_400,
+        description="Age a payload folder with no job record must reach before the sweeper "
+        "removes it (a submit writes media just before it records the job).",
+    )
     api_keys: list[str] = Field(
         default_factory=list,
         description="Bearer keys accepted by the API (JSON list); empty means no auth.",
@@ -80,6 +102,21 @@ class Settings(BaseSettings):
         None, ge=64, description="RSS ceiling; a worker past it finishes its job and is replaced."
     )
     log_level: str = Field("INFO", description="Log level of every component.")
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _webhook_secret_format(cls, value: str | None) -> str | None:
+        if value is None or not str(value).strip():
+            return None  # compose passes an unset variable as ""
+        value = str(value).strip()
+        key = value.removeprefix("whsec_")
+        try:
+            raw = base64.b64decode(key, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("webhook_secret must be 'whsec_' followed by base64") from None
+        if len(raw) < 16:
+            raise ValueError("webhook_secret must hold at least 16 bytes of key")
+        return value if value.startswith("whsec_") else "whsec_" + value
 
     @model_validator(mode="after")
     def _time_limits_below_visibility(self) -> Settings:

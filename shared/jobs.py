@@ -50,10 +50,14 @@ class JobMetrics(BaseModel):
 
 
 class WebhookDelivery(BaseModel):
+    """One attempt to deliver one webhook event: HTTP status, or why none came back."""
+
+    id: str | None = None  # the webhook-id header, the same on every retry of an event
     event: str
-    status: int | str
+    status: int | str  # HTTP status, or "network_error" / "refused"
     attempt: int
     at: float
+    error: str | None = None
 
 
 class Webhook(BaseModel):
@@ -82,6 +86,17 @@ class JobRecord(BaseModel):
     queue_timeout_s: float | None = None
     webhook: Webhook | None = None
     notice: str | None = None
+
+    def queue_expired(self, t: float) -> bool:
+        """Return True when no worker started this queued job within its queue_timeout_s."""
+        return (self.status == JobStatus.QUEUED and self.started_at is None
+                and self.queue_timeout_s is not None
+                and t - self.created_at >= self.queue_timeout_s)
+
+    def expired_error(self) -> JobError:
+        """Return the error an expired job fails with."""
+        return JobError(type="expired",
+                        message=f"no worker started the job within {self.queue_timeout_s:g} s")
 
     def public(self, base_url: str = "") -> dict[str, Any]:
         """Return the record as clients see it, with its URLs."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 import fsspec
 
@@ -85,22 +84,16 @@ class PayloadStore:
             "bytes": sum(int(info.get("size") or 0) for info in files.values()),
         }
 
-    def sweep(self, *, max_age_s: float, is_live: Callable[[str], bool]) -> list[str]:
-        """Delete payloads of jobs that ended or vanished, and of any older than max_age_s."""
-        removed = []
-        cutoff = time.time() - max_age_s
-        for job_id in self.job_ids():
-            try:
-                info = self.fs.info(self._path(job_id))
-                mtime = _mtime(info)
-            except FileNotFoundError:
-                continue
-            if not is_live(job_id) or (mtime is not None and mtime < cutoff):
-                self.delete(job_id)
-                removed.append(job_id)
-        if removed:
-            log.info("payload sweep removed %s job folders", len(removed))
-        return removed
+    def age_s(self, job_id: str) -> float | None:
+        """Return seconds since a job's newest payload was written; None when it has none."""
+        path = self._path(job_id)
+        try:
+            stamps = [_mtime(self.fs.info(path))]
+            stamps += [_mtime(info) for info in self.fs.find(path, detail=True).values()]
+        except FileNotFoundError:
+            return None
+        known = [s for s in stamps if s is not None]
+        return time.time() - max(known) if known else float("inf")
 
 
 def _mtime(info: dict) -> float | None:

@@ -35,6 +35,7 @@ class Claim(StrEnum):
     DUPLICATE = "duplicate"  # another worker holds a live lease on it
     DONE = "done"  # terminal already (or expired): drop the message
     LOST = "lost"  # delivered too often; failed as worker_lost
+    EXPIRED = "expired"  # no worker started it within its queue_timeout_s; failed as expired
 
 
 class IllegalTransition(Exception):
@@ -158,6 +159,9 @@ class ResultStore:
             if rec.status == JobStatus.RUNNING and pipe.exists(self.lease_key(job_id)):
                 outcome = Claim.DUPLICATE
                 return None
+            if rec.queue_expired(now()):
+                outcome = Claim.EXPIRED
+                return self._terminal(rec, JobStatus.FAILED, error=rec.expired_error())
             if rec.attempts >= max_deliveries:
                 outcome = Claim.LOST
                 return self._terminal(
@@ -184,7 +188,7 @@ class ResultStore:
                 self._event(pipe, job_id, "status", {
                     "status": "running", "attempt": rec.attempts, "worker": worker,
                 })
-            else:  # LOST
+            else:  # LOST or EXPIRED
                 pipe.zrem(self.RUNNING_KEY, job_id)
                 self._event(pipe, job_id, "status", {
                     "status": "failed", "at": rec.completed_at, "error": rec.error.model_dump(),

@@ -84,7 +84,7 @@ class StackConfig:
     web_workers: int = 2
     web_threads: int = 32
     startup_timeout_s: float = 300.0
-    webhook_worker: bool = False
+    webhook_worker: bool = True
 
 
 class Stack:
@@ -139,8 +139,13 @@ class Stack:
                          lambda: fleet.workers(model), default=[])))
 
     def _webhook_child(self) -> Child:
-        return Child("webhooks", self._conveyor("webhook-worker"), self._env(),
-                     self.logs / "webhooks.log", ready=lambda: True)
+        fleet = Fleet(redis.Redis.from_url(self.redis_url, decode_responses=True))
+        child = Child("webhooks", self._conveyor("webhook-worker"), self._env(),
+                      self.logs / "webhooks.log", ready=lambda: False)
+        # Ready once this very process publishes its heartbeat (threads pool: same pid).
+        child.ready = lambda: any(w.get("role") == "webhooks" and w.get("pid") == child.proc.pid
+                                  for w in _safe(fleet.workers, default=[]))
+        return child
 
     def _flower_child(self) -> Child:
         cmd = [sys.executable, "-m", "celery", "--broker", self.redis_url, "flower",

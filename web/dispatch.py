@@ -6,7 +6,7 @@ import logging
 
 from kombu.exceptions import OperationalError
 
-from shared.celery_app import enqueue_job, make_celery
+from shared.celery_app import enqueue_job, enqueue_webhook, make_celery
 from shared.config import Settings
 from shared.errors import ServiceUnavailable
 from shared.jobs import JobRecord
@@ -32,3 +32,10 @@ class Dispatcher:
         except OperationalError as exc:
             log.error("job %s model %s: broker unavailable: %s", job.id, job.model, exc)
             raise ServiceUnavailable(f"the job broker is unavailable: {exc}") from exc
+
+    def send_webhook(self, msg_id: str) -> None:
+        """Queue the delivery of one webhook event (its body is already frozen in Redis).
+
+        :raises OperationalError: when the broker cannot be reached.
+        """
+        enqueue_webhook(self.app, msg_id)

@@ -13,8 +13,10 @@ from shared.fleet import Fleet
 from shared.inputs import parse_input
 from shared.jobs import JobError, JobRecord, Priority, Webhook, new_job_id, now
 from shared.payloads import PayloadStore
-from shared.registry import Registry
+from shared.registry import ModelSpec, Registry
 from shared.results import ResultStore
+from shared.sweeper import sweep_payloads
+from shared.webhooks import WebhookNotifier, check_target
 from web.dispatch import Dispatcher
 from web.intake import Intake
 
@@ -66,7 +68,10 @@ class JobService:
         self.payloads = payloads
         self.dispatcher = dispatcher
         self.fleet = fleet
-        self.webhook_hook = None  # set by the webhook module when it validates targets
+        self.webhook_hook = self._check_webhook_target
+        # Jobs canceled while queued end here, so their `completed` webhook starts here too.
+        self.notifier = WebhookNotifier(store.r, dispatcher.send_webhook,
+                                        ttl_s=settings.result_ttl_s)
 
     def submit(self, req: JobRequest, files: dict[str, list[bytes]] | None = None) -> JobRecord:
         """Create and queue a job.
@@ -101,7 +106,7 @@ class JobService:
         job = JobRecord(
             id=job_id, model=spec.id, task=task, created_at=now(),
             input=parsed.model_dump(mode="json", exclude_none=True),
-            priority=req.priority, timeout_s=req.timeout_s,
+            priority=req.priority, timeout_s=self._timeout(req.timeout_s, spec),
             queue_timeout_s=req.queue_timeout_s, webhook=webhook,
         )
         if not self.fleet.workers(spec.id):
@@ -132,6 +137,14 @@ class JobService:
             self.webhook_hook(hook)
         return hook
 
+    def _check_webhook_target(self, hook: Webhook) -> None:
+        check_target(hook.url, allow_private=self.settings.webhook_allow_private)
+
+    def _timeout(self, timeout_s: float | None, spec: ModelSpec) -> float | None:
+        """Return a job's own time limit capped by its model's (what the worker enforces)."""
+        cap = spec.limits.time_limit_s or self.settings.default_time_limit_s
+        return None if timeout_s is None else min(timeout_s, cap)
+
     def get(self, job_id: str) -> JobRecord:
         """Return a job. :raises NotFound: unknown or expired id."""
         job = self.store.get(job_id)
@@ -153,6 +166,7 @@ class JobService:
             raise NotFound(f"job {job_id} not found (unknown or expired)", code="job_not_found")
         if job.status.is_terminal():
             self.payloads.delete(job_id)
+            self.notifier.ended(job)
         log.info("job %s model %s cancel requested (now %s)", job.id, job.model, job.status)
         return job
 
@@ -189,11 +203,7 @@ class JobService:
         return self.payloads.usage()
 
     def sweep_payloads(self) -> dict[str, Any]:
-        """Delete payloads of ended, vanished or expired jobs now."""
-
-        def is_live(job_id: str) -> bool:
-            job = self.store.get(job_id)
-            return job is not None and not job.status.is_terminal()
-
-        removed = self.payloads.sweep(max_age_s=self.settings.result_ttl_s, is_live=is_live)
+        """Delete payloads of ended jobs, and of vanished ones past the grace period, now."""
+        removed = sweep_payloads(self.store, self.payloads,
+                                 grace_s=self.settings.payload_orphan_grace_s)
         return {"removed_jobs": len(removed), "removed": removed, **self.payloads.usage()}

@@ -7,6 +7,7 @@ import os
 import signal
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import redis
@@ -14,7 +15,7 @@ from celery import Celery
 from celery.exceptions import Reject
 from celery.signals import worker_process_init, worker_process_shutdown
 
-from shared.celery_app import RUN_JOB, make_celery
+from shared.celery_app import RUN_JOB, enqueue_webhook, make_celery
 from shared.config import Settings
 from shared.errors import ConveyorError
 from shared.registry import ModelSpec, load_registry, resolve_source
@@ -58,7 +59,8 @@ def build_worker_app(settings: Settings, spec: ModelSpec) -> Celery:
     def on_process_init(**_kwargs) -> None:
         # Runs in each pool process after the fork: the only place a model is loaded.
         try:
-            runtime = WorkerRuntime(settings, registry, spec)
+            runtime = WorkerRuntime(settings, registry, spec,
+                                    send_webhook=partial(enqueue_webhook, app))
             runtime.start()
         except Exception as exc:
             log.exception("model %s failed to load", spec.id)
@@ -66,7 +68,8 @@ def build_worker_app(settings: Settings, spec: ModelSpec) -> Celery:
             os.kill(os.getppid(), signal.SIGTERM)
             os._exit(3)
         app.conveyor_runtime = runtime
-        Reaper(runtime.store, registry, app, settings).start(runtime.stop)
+        Reaper(runtime.store, registry, app, settings, payloads=runtime.payloads,
+               notifier=runtime.notifier).start(runtime.stop)
 
     def on_process_shutdown(**_kwargs) -> None:
         if app.conveyor_runtime is not None:

@@ -3,28 +3,35 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from celery import Celery
 
 from shared.celery_app import enqueue_job
 from shared.config import Settings
-from shared.jobs import JobError, now
+from shared.jobs import now
+from shared.payloads import PayloadStore
 from shared.registry import Registry
 from shared.results import IllegalTransition, ResultStore
+from shared.sweeper import sweep_if_due
+from shared.webhooks import WebhookNotifier
 
 log = logging.getLogger(__name__)
 
 
 class Reaper:
-    """Requeue lapsed jobs and expire queued jobs past their queue timeout."""
+    """Requeue lapsed jobs, expire queued jobs past their queue timeout, sweep payloads."""
 
     def __init__(self, store: ResultStore, registry: Registry, app: Celery,
-                 settings: Settings) -> None:
+                 settings: Settings, *, payloads: PayloadStore | None = None,
+                 notifier: WebhookNotifier | None = None) -> None:
         self.store = store
         self.registry = registry
         self.app = app
         self.settings = settings
+        self.payloads = payloads
+        self.notifier = notifier
 
     def run_once(self) -> list[str]:
         """Requeue every running job without a live lease; return their ids."""
@@ -43,6 +50,7 @@ class Reaper:
                         job_id, job.model, job.attempts)
             requeued.append(job_id)
         self.expire_queued()
+        self.sweep()
         return requeued
 
     def expire_queued(self) -> list[str]:
@@ -52,19 +60,29 @@ class Reaper:
         for spec in self.registry:
             for job_id in self.store.queued_ids(spec.id):
                 job = self.store.get(job_id)
-                if job is None or job.queue_timeout_s is None:
-                    continue
-                if t - job.created_at < job.queue_timeout_s:
+                if job is None or not job.queue_expired(t):
                     continue
                 try:
-                    self.store.mark_failed(job_id, JobError(
-                        type="expired",
-                        message=f"no worker started the job within {job.queue_timeout_s:g} s",
-                    ))
+                    job = self.store.mark_failed(job_id, job.expired_error())
                 except IllegalTransition:
                     continue
+                log.info("job %s model %s: expired in the queue after %gs", job_id, job.model,
+                         job.queue_timeout_s)
+                if self.payloads is not None:
+                    self.payloads.delete(job_id)
+                if self.notifier is not None:
+                    self.notifier.ended(job)
                 expired.append(job_id)
         return expired
+
+    def sweep(self) -> list[str] | None:
+        """Sweep payloads of ended or vanished jobs when the fleet's interval has passed."""
+        if self.payloads is None:
+            return None
+        return sweep_if_due(self.store, self.payloads,
+                            interval_s=self.settings.payload_sweep_interval_s,
+                            grace_s=self.settings.payload_orphan_grace_s,
+                            owner=f"reaper:{os.getpid()}")
 
     def start(self, stop: threading.Event) -> threading.Thread:
         """Run the reaper every reaper_interval_s in a daemon thread until stop is set."""

@@ -8,11 +8,14 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from shared.celery_app import enqueue_webhook, make_celery
 from shared.config import Settings
 from shared.errors import JobFailure, TransientError
 from shared.fleet import COMMANDS_CHANNEL, Fleet
@@ -21,6 +24,7 @@ from shared.jobs import JobError, JobRecord
 from shared.payloads import PayloadStore
 from shared.registry import ModelSpec, Registry
 from shared.results import Claim, IllegalTransition, ResultStore, connect
+from shared.webhooks import WebhookNotifier
 from workers.backends import backend_class
 from workers.backends.base import Backend, JobContext, Result
 from workers.memory import is_out_of_memory, memory_stats, release_memory
@@ -35,7 +39,8 @@ OOM_EXIT_AFTER = 3  # consecutive out-of-memory failures before the process asks
 class WorkerRuntime:
     """Everything one pool process needs to run jobs for its model."""
 
-    def __init__(self, settings: Settings, registry: Registry, spec: ModelSpec) -> None:
+    def __init__(self, settings: Settings, registry: Registry, spec: ModelSpec,
+                 send_webhook: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.spec = spec
@@ -43,6 +48,9 @@ class WorkerRuntime:
         self.store = ResultStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s)
         self.payloads = PayloadStore(settings.payload_location, max_bytes=settings.max_media_bytes)
         self.fleet = Fleet(self.store.r)
+        if send_webhook is None:
+            send_webhook = partial(enqueue_webhook, make_celery(settings, registry))
+        self.notifier = WebhookNotifier(self.store.r, send_webhook, ttl_s=settings.result_ttl_s)
         self.backend: Backend = backend_class(spec.backend)(spec, settings)
         self.jobs_done = 0
         self.current_job: str | None = None
@@ -135,10 +143,12 @@ class WorkerRuntime:
                                  max_deliveries=self.settings.max_deliveries)
         if claim != Claim.RUN:
             log.info("job %s model %s: delivery dropped (%s)", job_id, self.spec.id, claim)
-            if claim in (Claim.DONE, Claim.LOST):
+            if claim in (Claim.DONE, Claim.LOST, Claim.EXPIRED):
                 self.payloads.delete(job_id)
+                self.notifier.ended(self.store.get(job_id))
             return claim.value
         job = self.store.get(job_id)
+        self.notifier.started(job)
         self.current_job = job_id
         log.info("job %s model %s: running (attempt %s)", job_id, job.model, job.attempts)
         try:
@@ -155,7 +165,7 @@ class WorkerRuntime:
         limit = min(filter(None, [job.timeout_s, soft_limit_s]), default=None)
         ctx = JobContext(
             job.id, read_media=self.payloads.read, media_path=self.payloads.local_path,
-            emit=lambda event, data: self.store.add_event(job.id, event, data),
+            emit=self._emitter(job),
             stop_requested=lambda: self.store.cancel_requested(job.id),
             deadline=time.monotonic() + limit if limit else None,
             check_interval_s=self.settings.cancel_check_interval_s,
@@ -176,6 +186,20 @@ class WorkerRuntime:
         self.consecutive_oom = 0
         return self._finish(job, ctx, result)
 
+    def _emitter(self, job: JobRecord) -> Callable[[str, dict], None]:
+        """Return the backend's emit: log the event, and feed `output` webhooks."""
+        parts: list[str] = []
+
+        def emit(event: str, data: dict) -> None:
+            self.store.add_event(job.id, event, data)
+            if event == "token":
+                parts.append(data.get("text", ""))
+            if event in ("token", "progress"):
+                self.notifier.output(
+                    job, lambda: {"text": "".join(parts)} if parts else {event: data})
+
+        return emit
+
     def _attempt(self, job: JobRecord, ctx: JobContext) -> Result:
         inputs = parse_input(job.task, job.input, self.spec)
         for attempt in range(1, TRANSIENT_RETRIES + 1):
@@ -192,29 +216,32 @@ class WorkerRuntime:
     def _finish(self, job: JobRecord, ctx: JobContext, result: Result) -> str:
         try:
             if ctx.canceled:
-                self.store.mark_canceled(job.id, output=result.output, metrics=result.metrics)
+                rec = self.store.mark_canceled(job.id, output=result.output,
+                                               metrics=result.metrics)
                 status = "canceled"
             elif ctx.timed_out:
-                self.store.mark_failed(
+                rec = self.store.mark_failed(
                     job.id, JobError(type="timeout", message="the job ran past its time limit"),
                     output=result.output, metrics=result.metrics,
                 )
                 status = "timeout"
             else:
-                self.store.mark_succeeded(job.id, result.output, result.metrics)
+                rec = self.store.mark_succeeded(job.id, result.output, result.metrics)
                 status = "succeeded"
         except IllegalTransition as exc:
             log.info("job %s ended elsewhere first: %s", job.id, exc)
             return "done"
+        self.notifier.ended(rec)
         log.info("job %s model %s: %s", job.id, job.model, status)
         return status
 
     def _fail(self, job: JobRecord, type_: str, message: str) -> str:
         try:
-            self.store.mark_failed(job.id, JobError(type=type_, message=message))
+            rec = self.store.mark_failed(job.id, JobError(type=type_, message=message))
         except IllegalTransition as exc:
             log.info("job %s ended elsewhere first: %s", job.id, exc)
             return "done"
+        self.notifier.ended(rec)
         log.warning("job %s model %s failed: %s: %s", job.id, job.model, type_, message)
         return "failed"
 

@@ -43,6 +43,6 @@ def events(job_id: str):
     after = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0-0"
     if not _EVENT_ID.match(after):
         raise InvalidInput("Last-Event-ID must look like '<ms>-<seq>'", param="Last-Event-ID")
-    frames = job_event_frames(services.store, job_id, after)
+    frames = job_event_frames(services.store, job_id, after, services.settings.sse_heartbeat_s)
     return Response(stream_with_context(frames), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,179 @@
+"""`conveyor webhook-worker`: deliver queued webhook events, signed, with retries.
+
+Light on purpose (no model, no torch): it runs in the web image. Each message names one
+event by its webhook-id; the frozen body lives in Redis under that id, so every retry
+sends the same bytes with a fresh timestamp and signature.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+
+import requests
+from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
+
+from shared.celery_app import DELIVER_WEBHOOK, WEBHOOK_QUEUE, enqueue_webhook, make_celery
+from shared.config import Settings
+from shared.fleet import Fleet
+from shared.jobs import JobRecord, WebhookDelivery, now
+from shared.registry import load_registry
+from shared.results import ResultStore, connect
+from shared.webhooks import (
+    DONE,
+    SNAPSHOT_KEY,
+    WebhookTargetRefused,
+    backoff_s,
+    check_target,
+    secret_key,
+    signed_headers,
+)
+from workers.memory import memory_stats
+
+log = logging.getLogger(__name__)
+
+KEEP_DELIVERIES = 100  # past this many, the oldest `output` attempts leave the record
+HEARTBEAT_S = 3.0
+
+
+class Deliverer:
+    """One delivery attempt: sign, POST with a timeout, record it, schedule a retry."""
+
+    def __init__(self, settings: Settings, store: ResultStore, app: Celery) -> None:
+        self.settings = settings
+        self.store = store
+        self.app = app
+        self.key = secret_key(settings.webhook_secret) if settings.webhook_secret else None
+        if self.key is None:
+            log.warning("CONVEYOR_WEBHOOK_SECRET is not set: webhooks are sent unsigned")
+
+    def deliver(self, msg_id: str, attempt: int) -> str:
+        """Make attempt number `attempt` at one event; return what happened."""
+        raw = self.store.r.get(SNAPSHOT_KEY.format(msg_id))
+        snap = json.loads(raw) if raw else {"done": True}
+        if snap.get("done"):
+            return "done"  # delivered or given up already, or expired with its job
+        job_id, event, url = snap["job_id"], snap["event"], snap["url"]
+        if event == "output" and _ended(self.store.get(job_id)):
+            self._close(msg_id)  # `completed` carries the whole output now
+            return "dropped"
+        try:
+            check_target(url, allow_private=self.settings.webhook_allow_private)
+        except WebhookTargetRefused as exc:
+            self._record(job_id, msg_id, event, attempt, "refused", exc.message)
+            self._close(msg_id)
+            return "refused"
+        status, error, retry_after = self._post(url, msg_id, snap["body"].encode())
+        self._record(job_id, msg_id, event, attempt, status, error)
+        if isinstance(status, int) and 200 <= status < 300:
+            self._close(msg_id)
+            log.info("job %s: webhook %s delivered (attempt %s, %s)", job_id, event, attempt,
+                     status)
+            return "delivered"
+        retryable = status == "network_error" or status == 429 or status >= 500
+        if retryable and attempt < self.settings.webhook_max_attempts:
+            delay = backoff_s(attempt, base_s=self.settings.webhook_backoff_s,
+                              max_s=self.settings.webhook_backoff_max_s, retry_after=retry_after)
+            enqueue_webhook(self.app, msg_id, attempt + 1, countdown=delay)
+            log.info("job %s: webhook %s attempt %s got %s; retry in %.2fs", job_id, event,
+                     attempt, status, delay)
+            return "retrying"
+        self._close(msg_id)
+        log.warning("job %s: webhook %s to %s gave up after attempt %s (%s)", job_id, event,
+                    url, attempt, error or status)
+        return "gave_up"
+
+    def _post(self, url: str, msg_id: str, body: bytes) -> tuple[int | str, str | None, str | None]:
+        headers = signed_headers(self.key, msg_id, body)
+        try:
+            # Redirects are not followed: they could lead to a private address.
+            with requests.post(url, data=body, headers=headers, allow_redirects=False,
+                               timeout=self.settings.webhook_timeout_s, stream=True) as resp:
+                return resp.status_code, None, resp.headers.get("Retry-After")
+        except requests.RequestException as exc:
+            return "network_error", f"{type(exc).__name__}: {exc}"[:500], None
+
+    def _record(self, job_id: str, msg_id: str, event: str, attempt: int,
+                status: int | str, error: str | None) -> None:
+        entry = WebhookDelivery(id=msg_id, event=event, status=status, attempt=attempt,
+                                at=now(), error=error)
+
+        def add(rec: JobRecord) -> bool:
+            if rec.webhook is None:
+                return False
+            rec.webhook.deliveries.append(entry)
+            _trim(rec.webhook.deliveries)
+            return True
+
+        self.store.update(job_id, add)
+
+    def _close(self, msg_id: str) -> None:
+        # Keep a marker, not nothing: a late trigger of the same event then stays a no-op.
+        self.store.r.set(SNAPSHOT_KEY.format(msg_id), DONE, keepttl=True, xx=True)
+
+
+def _ended(job: JobRecord | None) -> bool:
+    return job is None or job.status.is_terminal()
+
+
+def _trim(deliveries: list[WebhookDelivery]) -> None:
+    while len(deliveries) > KEEP_DELIVERIES:
+        oldest = next((i for i, d in enumerate(deliveries) if d.event == "output"), None)
+        if oldest is None:
+            return
+        del deliveries[oldest]
+
+
+def build_webhook_app(settings: Settings) -> Celery:
+    """Return the Celery app of the webhook worker, with its task and heartbeat."""
+    app = make_celery(settings, load_registry(settings.registry))
+    store = ResultStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s)
+    deliverer = Deliverer(settings, store, app)
+    fleet = Fleet(store.r)
+    worker_id = f"webhooks@{socket.gethostname()}:{os.getpid()}"
+    stop = threading.Event()
+
+    @app.task(name=DELIVER_WEBHOOK, ignore_result=True)
+    def deliver_webhook(msg_id: str, attempt: int = 1) -> str:
+        return deliverer.deliver(msg_id, attempt)
+
+    def facts() -> dict:
+        return {"worker": worker_id, "model": None, "role": "webhooks", "pid": os.getpid(),
+                "hostname": socket.gethostname(), "loaded": True, "memory": memory_stats(),
+                "at": time.time()}
+
+    def heartbeat() -> None:
+        while True:
+            try:
+                fleet.publish(worker_id, facts())
+            except Exception:  # Redis blips must not kill the heartbeat
+                log.warning("webhook worker heartbeat failed", exc_info=True)
+            if stop.wait(HEARTBEAT_S):
+                return
+
+    def on_ready(**_kwargs) -> None:
+        threading.Thread(target=heartbeat, name="conveyor-heartbeat", daemon=True).start()
+
+    def on_shutdown(**_kwargs) -> None:
+        stop.set()
+        fleet.remove(worker_id)
+
+    worker_ready.connect(on_ready, weak=False)
+    worker_shutdown.connect(on_shutdown, weak=False)
+    return app
+
+
+def run_webhook_worker(settings: Settings, *, concurrency: int = 8,
+                       loglevel: str = "INFO") -> None:
+    """Consume the webhooks queue with a pool of threads until stopped."""
+    app = build_webhook_app(settings)
+    app.worker_main([
+        "worker", "--queues", WEBHOOK_QUEUE, "--pool", "threads",
+        "--concurrency", str(concurrency), "--hostname", "webhooks@%h",
+        "--loglevel", loglevel, "--without-gossip", "--without-mingle",
+    ])
