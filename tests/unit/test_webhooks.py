@@ -28,8 +28,9 @@ from shared.webhooks import (
 )
 
 # The published Standard Webhooks test vector.
-VECTOR = dict(secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", msg_id="msg_p5jXN8AQM9LWM0D4loKWxJek",
-              timestamp=1614265330, body=b'{"test": 2432232314}',
+VECTOR = dict(secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+              msg_id="msg_p5jXN8AQM9LWM0D4loKWxJek", timestamp=1614265330,
+              body=b'{"test": 2432232314}',
               signature="v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
 
 
