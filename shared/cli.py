@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -9,6 +10,13 @@ from pathlib import Path
 
 import click
 
+from shared.client_cli import (
+    json_option,
+    key_option,
+    live_url_option,
+    print_live_models,
+    register_client_commands,
+)
 from shared.config import Settings
 from shared.logs import setup_logging
 
@@ -131,19 +139,32 @@ def webhook_worker(concurrency) -> None:
 
 
 @main.group(invoke_without_command=True)
+@live_url_option
+@key_option
+@json_option
 @click.pass_context
-def models(ctx) -> None:
-    """List the registry's models (or pull one)."""
+def models(ctx, url, api_key, as_json) -> None:
+    """List the registry's models (live from a server with --url/CONVEYOR_URL), or pull one."""
     if ctx.invoked_subcommand is None:
-        ctx.invoke(models_list)
+        ctx.invoke(models_list, url=url, api_key=api_key, as_json=as_json)
 
 
 @models.command("list")
-def models_list() -> None:
-    """Print the registry: id, backend, tasks, source."""
+@live_url_option
+@key_option
+@json_option
+def models_list(url=None, api_key=None, as_json=False) -> None:
+    """Print the registry: id, backend, tasks, source (a server's live facts with --url)."""
     from shared.registry import load_registry
 
-    for spec in load_registry(_settings().registry):
+    if url:
+        print_live_models(url, api_key, as_json)
+        return
+    specs = list(load_registry(_settings().registry))
+    if as_json:
+        click.echo(json.dumps([spec.model_dump(mode="json") for spec in specs]))
+        return
+    for spec in specs:
         mark = "*" if spec.default else " "
         click.echo(f"{mark} {spec.id:<24} {spec.backend:<22} {','.join(spec.tasks):<18} "
                    f"{spec.source.describe()}")
@@ -166,6 +187,8 @@ def models_pull(model_id) -> None:
         raise click.ClickException(exc.message) from None
     click.echo(f"{model_id}: {path}")
 
+
+register_client_commands(main)
 
 if __name__ == "__main__":
     main()

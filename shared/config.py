@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     worker_max_memory_mb: int | None = Field(
         None, ge=64, description="RSS ceiling; a worker past it finishes its job and is replaced."
     )
+    sync_wait_s: float = Field(
+        600.0, gt=0, le=3600,
+        description="Longest an answer-in-one-request route (OpenAI-compatible, seed servers') "
+        "holds a request for its job; past it the job is canceled and the answer is 504.",
+    )
     log_level: str = Field("INFO", description="Log level of every component.")
 
     @field_validator("webhook_secret", mode="before")

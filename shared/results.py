@@ -45,6 +45,9 @@ class IllegalTransition(Exception):
 def connect(url: str, **kwargs) -> redis.Redis:
     """Return a Redis client that fails fast when the server is unreachable."""
     kwargs.setdefault("socket_connect_timeout", 3)
+    # redis-py 8 reads with a 5 s timeout by default, which kills every blocking XREAD of
+    # 5 s or more (job waits, event-stream heartbeats); stay well above the longest block.
+    kwargs.setdefault("socket_timeout", 60)
     kwargs.setdefault("health_check_interval", 30)
     return redis.Redis.from_url(url, decode_responses=True, **kwargs)
 

@@ -55,10 +55,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["conveyor"] = build_services(settings)
     register_error_handlers(app)
 
-    from web.api import admin, events, health, jobs
+    from web.api import admin, events, health, jobs, openai, seeds
     from web.auth import install_auth
 
     install_auth(app, settings)
-    for module in (health, jobs, events, admin):
+    for module in (health, jobs, events, admin, openai, seeds):
         app.register_blueprint(module.bp)
     return app

@@ -72,6 +72,7 @@ class JobService:
         # Jobs canceled while queued end here, so their `completed` webhook starts here too.
         self.notifier = WebhookNotifier(store.r, dispatcher.send_webhook,
                                         ttl_s=settings.result_ttl_s)
+        self.created = int(now())  # OpenAI's model objects carry a creation time
 
     def submit(self, req: JobRequest, files: dict[str, list[bytes]] | None = None) -> JobRecord:
         """Create and queue a job.
@@ -170,6 +171,10 @@ class JobService:
         log.info("job %s model %s cancel requested (now %s)", job.id, job.model, job.status)
         return job
 
+    def queue_position(self, job: JobRecord) -> int | None:
+        """Return how many of its model's jobs wait ahead of a queued job (None if not queued)."""
+        return self.store.queue_position(job)
+
     def list(self, status: str | None, model: str | None, limit: int) -> list[JobRecord]:
         """Return recent jobs, newest first."""
         return self.store.list(status=status, model=model, limit=limit)
@@ -182,10 +187,12 @@ class JobService:
             out.append({
                 "id": spec.id,
                 "object": "model",
+                "created": self.created,
                 "owned_by": "conveyor",
                 "backend": spec.backend,
                 "tasks": spec.tasks,
                 "description": spec.description,
+                "aliases": spec.aliases,
                 "quantization": spec.quantization,
                 "source": spec.source.describe(),
                 "default": spec.default,
@@ -197,6 +204,16 @@ class JobService:
             })
         return out
 
+    def model(self, name: str) -> dict[str, Any]:
+        """Return one model (by id or alias) with its live facts.
+
+        :raises NotFound: not in the registry.
+        """
+        spec = self.registry.get(name)
+        if spec is None:
+            raise NotFound(f"model {name!r} is not in the registry", param="model",
+                           code="model_not_found")
+        return next(m for m in self.models() if m["id"] == spec.id)
 
     def payload_usage(self) -> dict[str, Any]:
         """Return the payload store's usage."""

@@ -21,7 +21,9 @@ def _service():
 
 
 def _record(job, status: int = 200):
-    resp = jsonify(job.public(request.host_url.rstrip("/")))
+    data = job.public(request.host_url.rstrip("/"))
+    data["queue_position"] = _service().queue_position(job)
+    resp = jsonify(data)
     resp.status_code = status
     return resp
 

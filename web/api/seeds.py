@@ -1,0 +1,127 @@
+"""Routes of the servers conveyor replaces, as thin aliases onto the job API.
+
+The AI Model Server (seeds/002), the lightweight model server (seeds/000) and the BitNet
+server (seeds/001); the llama.cpp server's POST /chat/completions lives with the
+OpenAI-compatible API. Where two servers answered the same path, the one named in the
+issue wins (GET /models is the lightweight server's).
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+
+from shared.errors import NotFound
+from shared.registry import ModelSpec
+from web.blocking import settle
+from web.bodies import json_body
+from web.protocols.parsing import parse_model
+from web.protocols.seeds import (
+    BitNetGenerate,
+    GenerateMedia,
+    GeneratePrompt,
+    bitnet_answer,
+    generate_media_answer,
+    lightweight_answer,
+    lightweight_models,
+    memory_status,
+    model_status,
+)
+
+bp = Blueprint("seeds", __name__)
+
+
+def _services():
+    return current_app.extensions["conveyor"]
+
+
+def _spec(name: str | None) -> ModelSpec:
+    registry = _services().registry
+    spec = registry.get(name) if name else registry.default_for("chat")
+    if spec is None:
+        raise NotFound(f"model {name!r} is not in the registry" if name else
+                       "no default chat model in the registry", param="model",
+                       code="model_not_found")
+    return spec
+
+
+def _run(req):
+    svc = _services()
+    job = svc.jobs.submit(req)
+    return settle(svc.jobs, job, svc.settings.sync_wait_s)
+
+
+@bp.get("/health")
+def health():
+    models = _services().jobs.models()
+    default = next((m["id"] for m in models if m["default"]), None)
+    loaded = [m["id"] for m in models if m["loaded"]]
+    return jsonify({"status": "healthy", "message": "conveyor is running",
+                    "model_loaded": bool(loaded), "current_model": default,
+                    "models_loaded": loaded})
+
+
+@bp.get("/")
+def index():
+    loaded = [m["id"] for m in _services().jobs.models() if m["loaded"]]
+    return jsonify({"status": "running", "message": "conveyor is running", "models": loaded})
+
+
+# the AI Model Server (seeds/002)
+@bp.post("/generate/<path:model>")
+def generate_with(model: str):
+    req = parse_model(GenerateMedia, json_body())
+    return jsonify(generate_media_answer(_run(req.to_job_request(_spec(model)))))
+
+
+@bp.get("/admin/memory_status")
+def memory():
+    svc = _services()
+    return jsonify(memory_status(svc.fleet.workers(), svc.settings.worker_max_memory_mb))
+
+
+@bp.get("/admin/model_status")
+def models_status():
+    svc = _services()
+    return jsonify(model_status(svc.jobs.models(), {s.id: s for s in svc.registry}))
+
+
+@bp.post("/admin/emergency_cleanup")
+def emergency_cleanup():
+    svc = _services()
+    notified = svc.fleet.broadcast("cleanup")
+    return jsonify({"status": "success", "workers_notified": notified,
+                    "temp": svc.jobs.sweep_payloads()})
+
+
+@bp.get("/admin/temp_status")
+def temp_status():
+    return jsonify({"status": "success", **_services().jobs.payload_usage()})
+
+
+@bp.post("/admin/cleanup_temp")
+def cleanup_temp():
+    return jsonify({"status": "success", **_services().jobs.sweep_payloads()})
+
+
+# the lightweight model server (seeds/000)
+@bp.get("/models")
+def models():
+    return jsonify(lightweight_models(_services().jobs.models()))
+
+
+@bp.post("/models/<path:name>/generate")
+def generate_named(name: str):
+    req = parse_model(GeneratePrompt, json_body())
+    return jsonify(lightweight_answer(_run(req.to_job_request(_spec(name)))))
+
+
+# the BitNet server (seeds/001); without `model`, the registry's default chat model
+@bp.post("/generate")
+def generate():
+    req = parse_model(BitNetGenerate, json_body())
+    return jsonify(bitnet_answer(_run(req.to_job_request(_spec(req.model)))))
+
+
+@bp.get("/model_info")
+def model_info():
+    return jsonify(_services().jobs.model(_spec(request.args.get("model")).id))

@@ -1,0 +1,90 @@
+"""Answer in one request: hold it until the job ends, and turn how it ended into errors.
+
+The OpenAI-compatible routes and the seed servers' routes answer with the result itself,
+not a job record; the job still goes through the queue like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from shared.errors import ConveyorError
+from shared.jobs import JobRecord, JobStatus
+from web.service import JobService
+
+log = logging.getLogger(__name__)
+
+# How a failed job answers: the client's fault (422), the worker's (5xx).
+_FAILED_STATUS = {
+    "invalid_input": 422,
+    "invalid_media": 422,
+    "timeout": 504,
+    "expired": 504,  # no worker started it within its queue_timeout_s
+    "out_of_memory": 503,
+    "worker_lost": 502,
+}
+# The queue already retried what was worth retrying; OpenAI clients obey this header.
+NO_RETRY = {"x-should-retry": "false"}
+
+
+def _headers(job: JobRecord) -> dict[str, str]:
+    return {**NO_RETRY, "X-Conveyor-Job-Id": job.id}
+
+
+class JobFailedError(ConveyorError):
+    """The job ended as failed; the status says whose fault it was."""
+
+    type = "job_failed"
+
+    def __init__(self, job: JobRecord) -> None:
+        error = job.error
+        kind = error.type if error else "job_failed"
+        super().__init__(error.message if error else "the job failed",
+                         code=kind, headers=_headers(job))
+        self.status_code = _FAILED_STATUS.get(kind, 500)
+        self.type = kind if self.status_code == 422 else "job_failed"
+        self.job = job
+
+
+class JobCanceledError(ConveyorError):
+    """Someone canceled the job before it finished."""
+
+    status_code = 409
+    type = "job_canceled"
+
+    def __init__(self, job: JobRecord) -> None:
+        super().__init__(f"job {job.id} was canceled before it finished",
+                         code="job_canceled", headers=_headers(job))
+        self.job = job
+
+
+class JobWaitTimeout(ConveyorError):
+    """The job did not end within the time a request may be held."""
+
+    status_code = 504
+    type = "timeout"
+
+    def __init__(self, job: JobRecord, wait_s: float) -> None:
+        super().__init__(f"job {job.id} did not finish within {wait_s:g} s (it was "
+                         f"{job.status.value}); it has been canceled",
+                         code="timeout", headers=_headers(job))
+        self.job = job
+
+
+def settle(jobs: JobService, job: JobRecord, wait_s: float) -> JobRecord:
+    """Wait for a submitted job to end and return it when it succeeded.
+
+    :raises JobFailedError: it failed. :raises JobCanceledError: it was canceled.
+    :raises JobWaitTimeout: it did not end within wait_s (it is canceled then).
+    """
+    job = jobs.wait(job.id, wait_s)
+    if not job.status.is_terminal():
+        log.warning("job %s model %s: no answer within %gs; canceling", job.id, job.model, wait_s)
+        error = JobWaitTimeout(job, wait_s)
+        jobs.cancel(job.id)
+        raise error
+    if job.status == JobStatus.FAILED:
+        raise JobFailedError(job)
+    if job.status == JobStatus.CANCELED:
+        raise JobCanceledError(job)
+    return job
