@@ -11,6 +11,13 @@ BACKENDS: dict[str, str] = {
     "echo": "workers.backends.echo:EchoBackend",
     "llamacpp": "workers.backends.llamacpp:LlamaCppBackend",
     "sentence_transformers": "workers.backends.embeddings:EmbeddingsBackend",
+    "transformers": "workers.backends.hf_text:TransformersTextBackend",
+    "qwen_vl": "workers.backends.vision:QwenVisionBackend",
+    "qwen_omni": "workers.backends.omni:QwenOmniBackend",
+    "blip_vqa": "workers.backends.blip:BlipVqaBackend",
+    "whisper": "workers.backends.audio:WhisperBackend",
+    "qwen_audio": "workers.backends.audio:QwenAudioBackend",
+    "classifier": "workers.backends.classify:ClassifierBackend",
 }
 
 

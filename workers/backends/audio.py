@@ -1,0 +1,163 @@
+"""Audio backends: Whisper transcription, and Qwen2-Audio (audio + prompt -> text).
+
+Audio arrives as bytes (wav, flac, ogg, mp3) and is decoded, mixed to mono and
+resampled to the model's rate by workers.decoding.decode_audio.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import StoppingCriteriaList
+
+from shared.errors import InputRejected
+from shared.inputs import ChatInput, TranscribeInput
+from workers.backends.base import Backend, JobContext, Result
+from workers.backends.hf_generation import StopWhenAsked, generate, to_device
+from workers.backends.hf_loading import (
+    cap_address_space,
+    describe,
+    input_device,
+    load_model,
+    typed_out_of_memory,
+    weights_path,
+)
+from workers.backends.qwen_inputs import attach_media, split_media
+from workers.decoding import decode_audio
+
+WHISPER_WINDOW_S = 30  # Whisper sees 30 s at a time; longer audio goes window by window
+TRANSCRIBE_PROMPT = "Transcribe the speech in this audio."
+
+
+class _HFBackend(Backend):
+    def health(self) -> dict[str, Any]:
+        info = super().health()
+        if self.loaded:
+            info.update(describe(self.model, self.spec))
+        return info
+
+    def close(self) -> None:
+        self.model = self.processor = None
+        super().close()
+
+
+class WhisperBackend(_HFBackend):
+    tasks = ("transcribe",)
+
+    def load(self) -> None:
+        """Load the Whisper processor and model. :raises ModelNotAvailable:"""
+        from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+
+        path = weights_path(self.spec)
+        self.processor = AutoProcessor.from_pretrained(str(path))
+        self.model = load_model(AutoModelForSpeechSeq2Seq, self.spec, path)
+        cap_address_space(self.spec)
+        self.loaded = True
+
+    def transcribe(self, inputs: TranscribeInput, ctx: JobContext) -> Result:
+        """Transcribe speech, 30-second window by window; cancellable between windows."""
+        rate = self.processor.feature_extractor.sampling_rate
+        samples = decode_audio(ctx.media(inputs.audio.model_dump()), rate, self.spec.limits,
+                               "input.audio")
+        window = WHISPER_WINDOW_S * rate
+        chunks = [samples[i:i + window] for i in range(0, len(samples), window)]
+        gen: dict[str, Any] = {"task": "transcribe",
+                               "max_new_tokens": inputs.max_tokens or self._max_new_tokens()}
+        if inputs.language:
+            gen["language"] = inputs.language
+        if inputs.prompt:
+            gen["prompt_ids"] = torch.as_tensor(self.processor.get_prompt_ids(inputs.prompt))
+        texts, tokens = [], 0
+        t0 = time.perf_counter()
+        for n, chunk in enumerate(chunks):
+            if ctx.should_stop():
+                break
+            text, count = self._window(chunk, rate, gen, ctx)
+            texts.append(text)
+            tokens += count
+            ctx.token(text)
+            if len(chunks) > 1:
+                ctx.progress(n + 1, len(chunks))
+        elapsed = time.perf_counter() - t0
+        output = {"text": " ".join(t for t in texts if t).strip()}
+        if inputs.language:
+            output["language"] = inputs.language
+        return Result(output, {
+            "completion_tokens": tokens, "audio_seconds": round(len(samples) / rate, 3),
+            "tokens_per_second": round(tokens / elapsed, 3) if elapsed > 0 else None,
+        })
+
+    def _max_new_tokens(self) -> int:
+        # Whisper's decoder holds max_target_positions tokens, a few taken by the prompt.
+        room = self.model.config.max_target_positions - 4
+        return max(1, min(self.spec.limits.max_tokens, room))
+
+    def _window(self, chunk: np.ndarray, rate: int, gen: dict, ctx: JobContext):
+        feats = self.processor.feature_extractor(chunk, sampling_rate=rate, return_tensors="pt")
+        feats = to_device(dict(feats), input_device(self.model), self.model.dtype)
+        try:
+            with torch.inference_mode(), typed_out_of_memory():
+                out = self.model.generate(
+                    **feats, **gen, return_dict_in_generate=True,
+                    stopping_criteria=StoppingCriteriaList([StopWhenAsked(ctx)]))
+        except ValueError as exc:  # an unknown language code, say
+            raise InputRejected(f"whisper: {exc}") from exc
+        tokens = out.sequences[0]
+        text = self.processor.decode(tokens, skip_special_tokens=True).strip()
+        special = set(self.processor.tokenizer.all_special_ids)
+        return text, sum(1 for t in tokens.tolist() if t not in special)
+
+
+class QwenAudioBackend(_HFBackend):
+    """Qwen2-Audio: chat with audio parts, and transcription as a fixed instruction."""
+
+    tasks = ("chat", "transcribe")
+
+    def load(self) -> None:
+        """Load the Qwen2-Audio processor and model. :raises ModelNotAvailable:"""
+        from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+        path = weights_path(self.spec)
+        self.processor = AutoProcessor.from_pretrained(str(path))
+        self.model = load_model(Qwen2AudioForConditionalGeneration, self.spec, path)
+        cap_address_space(self.spec)
+        self.loaded = True
+
+    def chat(self, inputs: ChatInput, ctx: JobContext) -> Result:
+        """Answer a chat whose user turns may hold audio parts (or input.audio)."""
+        if inputs.image or inputs.images or inputs.video:
+            raise InputRejected(f"model {self.spec.id} takes text and audio only")
+        messages = inputs.chat_messages(self.spec.options.get("system_prompt"))
+        if inputs.audio:
+            attach_media(messages, [("audio", inputs.audio.model_dump())])
+        return self._answer(messages, inputs.generation_params(self.spec), ctx)
+
+    def transcribe(self, inputs: TranscribeInput, ctx: JobContext) -> Result:
+        """Transcribe by asking the model to, with the audio attached."""
+        prompt = inputs.prompt or self.spec.options.get("transcribe_prompt") or TRANSCRIBE_PROMPT
+        if inputs.language:
+            prompt += f" The language is {inputs.language}."
+        messages = [{"role": "user", "content": [
+            {"type": "audio", "audio": inputs.audio.model_dump()},
+            {"type": "text", "text": prompt}]}]
+        max_tokens = inputs.max_tokens or min(256, self.spec.limits.max_tokens)
+        params = {"max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0, "top_k": 0,
+                  "stop": [], "seed": None, "repeat_penalty": 1.0}
+        result = self._answer(messages, params, ctx)
+        result.output.pop("finish_reason", None)
+        return result
+
+    def _answer(self, messages: list[dict], params: dict, ctx: JobContext) -> Result:
+        messages, media = split_media(messages, ("audio",), self.spec.id)
+        rate = self.processor.feature_extractor.sampling_rate
+        audios = [decode_audio(ctx.media(ref), rate, self.spec.limits, f"audio #{n + 1}")
+                  for n, (_, ref) in enumerate(media)]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True,
+                                                  tokenize=False)
+        batch = self.processor(text=text, audio=audios or None, sampling_rate=rate,
+                               return_tensors="pt")
+        batch = to_device(dict(batch), input_device(self.model), self.model.dtype)
+        return generate(self.model, self.processor.tokenizer, batch, params, ctx)

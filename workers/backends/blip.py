@@ -1,0 +1,68 @@
+"""BLIP visual question answering: an image and a question in, a short answer out."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from transformers import StoppingCriteriaList
+
+from shared.inputs import VqaInput
+from workers.backends.base import Backend, JobContext, Result
+from workers.backends.hf_generation import StopWhenAsked, to_device
+from workers.backends.hf_loading import (
+    cap_address_space,
+    describe,
+    input_device,
+    load_model,
+    typed_out_of_memory,
+    weights_path,
+)
+from workers.decoding import decode_image
+
+DEFAULT_MAX_TOKENS = 20
+
+
+class BlipVqaBackend(Backend):
+    tasks = ("vqa",)
+
+    def load(self) -> None:
+        """Load the BLIP processor and question-answering model. :raises ModelNotAvailable:"""
+        from transformers import BlipForQuestionAnswering, BlipProcessor
+
+        path = weights_path(self.spec)
+        self.processor = BlipProcessor.from_pretrained(str(path))
+        self.model = load_model(BlipForQuestionAnswering, self.spec, path)
+        cap_address_space(self.spec)
+        self.loaded = True
+
+    def health(self) -> dict[str, Any]:
+        info = super().health()
+        if self.loaded:
+            info.update(describe(self.model, self.spec))
+        return info
+
+    def close(self) -> None:
+        self.model = self.processor = None
+        super().close()
+
+    def vqa(self, inputs: VqaInput, ctx: JobContext) -> Result:
+        """Answer a question about an image."""
+        image = decode_image(ctx.media(inputs.image.model_dump()), "input.image")
+        batch = self.processor(images=image, text=inputs.question, return_tensors="pt")
+        batch = to_device(dict(batch), input_device(self.model), self.model.dtype)
+        max_tokens = inputs.max_tokens or min(DEFAULT_MAX_TOKENS, self.spec.limits.max_tokens)
+        t0 = time.perf_counter()
+        with torch.inference_mode(), typed_out_of_memory():
+            out = self.model.generate(
+                **batch, max_new_tokens=max_tokens, do_sample=False,
+                stopping_criteria=StoppingCriteriaList([StopWhenAsked(ctx)]),
+            )
+        elapsed = time.perf_counter() - t0
+        text = self.processor.decode(out[0], skip_special_tokens=True).strip()
+        tokens = int(out.shape[-1])
+        return Result({"text": text}, {
+            "prompt_tokens": int(batch["input_ids"].shape[-1]), "completion_tokens": tokens,
+            "tokens_per_second": round(tokens / elapsed, 3) if elapsed > 0 else None,
+        })
