@@ -14,6 +14,8 @@ DELIVER_WEBHOOK = "conveyor.deliver_webhook"
 WEBHOOK_QUEUE = "webhooks"
 # Time a worker has past a job's soft limit to record the failure before the hard kill.
 HARD_LIMIT_GRACE_S = 15
+# Time a backend has past its deadline to notice it and stop on its own, output kept.
+COOPERATIVE_GRACE_S = 1.0
 PRIORITY_STEPS = [0, 3, 6, 9]
 
 
@@ -51,10 +53,19 @@ def make_celery(settings: Settings, registry: Registry) -> Celery:
     return app
 
 
-def job_time_limits(spec: ModelSpec, settings: Settings, timeout_s: float | None) -> tuple:
-    """Return (soft, hard) seconds for a job: its own timeout capped by the model's."""
+def job_deadline_s(spec: ModelSpec, settings: Settings, timeout_s: float | None) -> float:
+    """Return the seconds a job may run: its own timeout capped by its model's limit."""
     cap = spec.limits.time_limit_s or settings.default_time_limit_s
-    soft = min(cap, timeout_s) if timeout_s else cap
+    return min(cap, timeout_s) if timeout_s else cap
+
+
+def job_time_limits(spec: ModelSpec, settings: Settings, timeout_s: float | None) -> tuple:
+    """Return Celery's (soft, hard) seconds for a job, a little past its deadline.
+
+    The backend stops itself at the deadline and keeps its partial output; the soft limit
+    is the backstop for a step that does not return, the hard limit for one that hangs.
+    """
+    soft = job_deadline_s(spec, settings, timeout_s) + COOPERATIVE_GRACE_S
     hard = soft + HARD_LIMIT_GRACE_S
     if hard >= settings.visibility_timeout_s:
         hard = settings.visibility_timeout_s - 1

@@ -15,7 +15,12 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from shared.celery_app import enqueue_webhook, make_celery
+from shared.celery_app import (
+    COOPERATIVE_GRACE_S,
+    enqueue_webhook,
+    job_deadline_s,
+    make_celery,
+)
 from shared.config import Settings
 from shared.errors import JobFailure, TransientError
 from shared.fleet import COMMANDS_CHANNEL, Fleet
@@ -162,7 +167,9 @@ class WorkerRuntime:
         return status
 
     def _run(self, job: JobRecord, soft_limit_s: float | None) -> str:
-        limit = min(filter(None, [job.timeout_s, soft_limit_s]), default=None)
+        limit = job_deadline_s(self.spec, self.settings, job.timeout_s)
+        if soft_limit_s:  # Celery's soft limit sits COOPERATIVE_GRACE_S past the deadline
+            limit = min(limit, max(0.1, soft_limit_s - COOPERATIVE_GRACE_S))
         ctx = JobContext(
             job.id, read_media=self.payloads.read, media_path=self.payloads.local_path,
             emit=self._emitter(job),

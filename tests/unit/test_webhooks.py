@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from shared.celery_app import job_time_limits
+from shared.celery_app import COOPERATIVE_GRACE_S, job_deadline_s, job_time_limits
 from shared.config import Settings
 from shared.jobs import JobRecord, JobStatus, Webhook, new_job_id, now
 from shared.payloads import PayloadStore
@@ -103,15 +103,20 @@ def test_real_resolver_refuses_loopback_names_and_allow_private_skips_dns():
     check_target("http://localhost:8080/hook", allow_private=True, resolve=must_not_resolve)
 
 
-def test_job_time_limits_cap_a_job_timeout_by_the_model():
+def test_job_deadline_is_capped_by_the_model_and_celery_limits_sit_past_it():
     settings = Settings(default_time_limit_s=600)
     spec = ModelSpec.model_validate({"id": "e", "backend": "echo", "tasks": ["echo"],
                                      "limits": {"time_limit_s": 5}})
-    assert job_time_limits(spec, settings, None)[0] == 5
-    assert job_time_limits(spec, settings, 100)[0] == 5
-    assert job_time_limits(spec, settings, 2)[0] == 2
+    assert job_deadline_s(spec, settings, None) == 5
+    assert job_deadline_s(spec, settings, 100) == 5
+    assert job_deadline_s(spec, settings, 2) == 2
+    unlimited = spec.model_copy(update={"limits": spec.limits.model_copy(
+        update={"time_limit_s": None})})
+    assert job_deadline_s(unlimited, settings, None) == 600
+    # The backend stops itself at the deadline (partial output kept); Celery's limits are
+    # the backstop, a little later.
     soft, hard = job_time_limits(spec, settings, 2)
-    assert hard > soft
+    assert soft == 2 + COOPERATIVE_GRACE_S and hard > soft
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,261 @@
+"""Control end to end: cancel, priorities, deadlines, backpressure, expiry and cleanup."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shared.config import DEFAULT_REGISTRY
+from shared.jobs import JobRecord, new_job_id, now
+from shared.sweeper import LOCK_KEY
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.timeout(300)
+TERMINAL = ("succeeded", "failed", "canceled")
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+PNG_URL = "data:image/png;base64," + base64.b64encode(PNG).decode()
+
+
+@pytest.fixture(scope="module")
+def settings(make_settings, tmp_path_factory):
+    """The default models plus `echo-short`, an echo model whose own time limit is 2 s."""
+    data = yaml.safe_load(DEFAULT_REGISTRY.read_text())
+    keep = [m for m in data["models"] if m["id"] in ("smollm2-135m", "echo", "minilm")]
+    keep.append({"id": "echo-short", "backend": "echo", "tasks": ["echo"],
+                 "limits": {"time_limit_s": 2}})
+    path = tmp_path_factory.mktemp("registry") / "models.yaml"
+    path.write_text(yaml.safe_dump({"models": keep}))
+    return make_settings(registry=path, payload_sweep_interval_s=1, payload_orphan_grace_s=30)
+
+
+@pytest.fixture(scope="module")
+def app(settings, start_worker, make_app):
+    for model in ("echo", "echo-short", "smollm2-135m"):
+        start_worker(settings, model)
+    return make_app(settings)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def services(app):
+    return app.extensions["conveyor"]
+
+
+@pytest.fixture
+def sweeper_paused(services):
+    """Hold the fleet's sweep lock so the reaper's periodic sweep cannot hide a leak."""
+    services.redis.set(LOCK_KEY, "test", px=600_000)
+    yield
+    services.redis.delete(LOCK_KEY)
+
+
+def submit(client, body, expect=202):
+    resp = client.post("/v1/jobs", json=body)
+    assert resp.status_code == expect, resp.get_json()
+    return resp.get_json()
+
+
+def get(client, job_id):
+    return client.get(f"/v1/jobs/{job_id}").get_json()
+
+
+def until(client, job_id, status, timeout=30):
+    statuses = {status} if isinstance(status, str) else set(status)
+    return wait_for(lambda: (r := get(client, job_id))["status"] in statuses and r, timeout,
+                    interval=0.02, what=f"job {job_id} to be {statuses}")
+
+
+def echo_pid(services, model="echo"):
+    [worker] = services.fleet.workers(model)
+    return worker["pid"], worker["jobs_done"]
+
+
+# cancellation
+def test_cancel_running_llama_within_a_second_keeps_partial_output(client, services):
+    job = submit(client, {"model": "smollm2-135m", "task": "chat", "input": {
+        "prompt": "Write a very long story about a dragon.", "max_tokens": 800}})
+    wait_for(lambda: any(e[1] == "token" for e in services.store.read_events(job["id"])), 60,
+             interval=0.02, what="the first token")
+    t0 = time.monotonic()
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+    rec = until(client, job["id"], TERMINAL, timeout=5)
+    assert time.monotonic() - t0 < 1.0
+    assert rec["status"] == "canceled" and rec["output"]["finish_reason"] == "canceled"
+    tokens = [e[2]["text"] for e in services.store.read_events(job["id"]) if e[1] == "token"]
+    assert rec["output"]["text"] == "".join(tokens) and tokens
+    assert 0 < rec["metrics"]["completion_tokens"] == len(tokens) < 800
+
+
+def test_cancel_running_echo_within_a_second(client):
+    job = submit(client, {"model": "echo", "input": {"sleep_s": 30, "image": PNG_URL}})
+    until(client, job["id"], "running")
+    t0 = time.monotonic()
+    client.post(f"/v1/jobs/{job['id']}/cancel")
+    rec = until(client, job["id"], TERMINAL, timeout=5)
+    assert rec["status"] == "canceled" and time.monotonic() - t0 < 1.0
+    assert rec["started_at"] and rec["metrics"]["run_seconds"] < 10
+
+
+# priorities
+def test_high_priority_job_submitted_later_runs_next(client):
+    busy = submit(client, {"model": "echo", "input": {"sleep_s": 2}})
+    until(client, busy["id"], "running")
+    lows = [submit(client, {"model": "echo", "priority": "low", "input": {"sleep_s": 0.2}})
+            for _ in range(3)]
+    normal = submit(client, {"model": "echo", "input": {"sleep_s": 0.2}})
+    high = submit(client, {"model": "echo", "priority": "high", "input": {"sleep_s": 0.2}})
+    assert high["priority"] == "high" and lows[0]["priority"] == "low"
+    done = [until(client, j["id"], "succeeded") for j in (busy, high, normal, *lows)]
+    order = [j["id"] for j in sorted(done, key=lambda r: r["started_at"])]
+    assert order == [busy["id"], high["id"], normal["id"], *[j["id"] for j in lows]]
+
+
+def test_bad_priority_is_refused(client):
+    resp = client.post("/v1/jobs", json={"model": "echo", "input": {}, "priority": "urgent"})
+    assert resp.status_code == 422 and resp.get_json()["error"]["param"] == "priority"
+
+
+# deadlines
+def test_timeout_fails_a_running_job_and_the_worker_keeps_serving(client, services):
+    pid, done_before = echo_pid(services)
+    job = submit(client, {"model": "echo", "timeout_s": 1, "input": {"sleep_s": 30}})
+    rec = until(client, job["id"], TERMINAL, timeout=10)
+    assert rec["status"] == "failed" and rec["error"]["type"] == "timeout", rec
+    assert 0.9 <= rec["metrics"]["run_seconds"] < 3
+    after = submit(client, {"model": "echo", "input": {"n": 1}})
+    assert until(client, after["id"], TERMINAL)["status"] == "succeeded"
+    wait_for(lambda: echo_pid(services)[1] >= done_before + 2, 10, what="worker heartbeat")
+    assert echo_pid(services)[0] == pid  # the same pool process served both
+
+
+def test_llama_timeout_keeps_partial_output(client):
+    job = submit(client, {"model": "smollm2-135m", "task": "chat", "timeout_s": 1.5, "input": {
+        "prompt": "Write a very long story about a dragon.", "max_tokens": 1000}})
+    rec = until(client, job["id"], TERMINAL, timeout=30)
+    assert rec["status"] == "failed" and rec["error"]["type"] == "timeout", rec
+    assert rec["output"]["finish_reason"] == "timeout" and rec["output"]["text"]
+
+
+def test_model_time_limit_caps_the_job_timeout(client):
+    job = submit(client, {"model": "echo-short", "timeout_s": 60, "input": {"sleep_s": 30}})
+    assert job["timeout_s"] == 2
+    rec = until(client, job["id"], TERMINAL, timeout=15)
+    assert rec["status"] == "failed" and rec["error"]["type"] == "timeout", rec
+    assert rec["metrics"]["run_seconds"] < 4
+
+
+def test_queue_timeout_expires_a_job_that_then_never_runs(client, services):
+    busy = submit(client, {"model": "echo", "input": {"sleep_s": 2.5}})
+    until(client, busy["id"], "running")
+    late = submit(client, {"model": "echo", "queue_timeout_s": 1, "input": {"image": PNG_URL}})
+    rec = until(client, late["id"], TERMINAL, timeout=10)
+    assert rec["status"] == "failed" and rec["error"]["type"] == "expired", rec
+    assert rec["completed_at"] - rec["created_at"] < 2.5  # the reaper, not the busy worker
+    until(client, busy["id"], "succeeded")
+    time.sleep(1.0)  # the expired job's message reached the worker by now and was dropped
+    rec = get(client, late["id"])
+    assert rec["status"] == "failed" and rec["started_at"] is None and rec["attempts"] == 0
+    statuses = [e[2]["status"] for e in services.store.read_events(late["id"])
+                if e[1] == "status"]
+    assert statuses == ["queued", "failed"]
+    assert late["id"] not in services.payloads.job_ids()
+
+
+# backpressure
+def test_full_queue_answers_429_with_retry_after(client, services, make_app, settings):
+    depth = services.store.queue_depth("minilm")
+    tight = make_app(settings.model_copy(update={"max_queued_per_model": depth + 3}))
+    strict = tight.test_client()
+    queued = [submit(strict, {"model": "minilm", "input": {"text": f"t{i}"}}) for i in range(3)]
+    assert all(j["status"] == "queued" and "no worker is online" in j["notice"]
+               for j in queued)
+    resp = strict.post("/v1/jobs", json={"model": "minilm", "input": {"text": "one more"}})
+    assert resp.status_code == 429
+    assert int(resp.headers["Retry-After"]) > 0
+    assert resp.get_json()["error"]["code"] == "queue_full"
+    models = {m["id"]: m for m in strict.get("/v1/models").get_json()["data"]}
+    assert models["minilm"]["workers_online"] == 0
+    assert models["minilm"]["queue_depth"] == depth + 3
+    submit(strict, {"model": "echo", "input": {}})  # other models are not affected
+    strict.post(f"/v1/jobs/{queued[0]['id']}/cancel")
+    queued.append(submit(strict, {"model": "minilm", "input": {"text": "room again"}}))
+    for job in queued:
+        strict.post(f"/v1/jobs/{job['id']}/cancel")
+
+
+# expiry and cleanup
+def test_no_payload_is_left_after_100_jobs_end_in_mixed_ways(client, services, sweeper_paused):
+    ids: list[str] = []
+
+    def job(body, expect=202):
+        body = {"model": "echo", **body}
+        body["input"] = {"image": PNG_URL, **body.get("input", {})}
+        rec = submit(client, body, expect)
+        if expect == 202:
+            ids.append(rec["id"])
+        return rec
+
+    busy = job({"input": {"sleep_s": 3}})
+    until(client, busy["id"], "running")
+    expiring = [job({"queue_timeout_s": 0.5}) for _ in range(15)]
+    for _ in range(15):  # canceled while queued
+        client.post(f"/v1/jobs/{job({})['id']}/cancel")
+    for j in expiring:
+        assert until(client, j["id"], "failed")["error"]["type"] == "expired"
+    for _ in range(4):  # refused at submit after the image was stored: 422, nothing kept
+        job({"input": {"audio": base64.b64encode(b"not audio at all").decode()}}, expect=422)
+    plain = [job({"input": {"n": i}}) for i in range(30)]
+    failing = [job({"input": {"fail": "boom"}}) for _ in range(15)]
+    timeouts = [job({"timeout_s": 0.3, "input": {"sleep_s": 5}}) for _ in range(10)]
+    for _ in range(10):  # canceled while running
+        running = job({"input": {"sleep_s": 10}})
+        until(client, running["id"], "running", timeout=60)
+        client.post(f"/v1/jobs/{running['id']}/cancel")
+        until(client, running["id"], "canceled")
+    assert len(ids) + 4 == 100
+    ended = {j: until(client, j, TERMINAL, timeout=60) for j in ids}
+    assert {r["status"] for r in ended.values()} == {"succeeded", "failed", "canceled"}
+    assert {ended[j["id"]]["error"]["type"] for j in timeouts} == {"timeout"}
+    assert {ended[j["id"]]["status"] for j in plain + failing} == {"succeeded", "failed"}
+    time.sleep(0.5)  # the last canceled job's worker deletes its media as it returns
+    root = Path(services.settings.data_dir) / "payloads"
+    assert sorted(os.listdir(root)) == []
+
+
+def test_sweeper_runs_from_admin_and_periodically(client, services, sweeper_paused):
+    payloads, store = services.payloads, services.store
+    live = store.create(JobRecord(id=new_job_id(), model="minilm", task="embed",
+                                  created_at=now()))
+    ended = store.create(JobRecord(id=new_job_id(), model="minilm", task="embed",
+                                   created_at=now()))
+    store.mark_canceled(ended.id)
+    old = time.time() - 3600
+    for job_id, size in ((live.id, 10), (ended.id, 20), ("orphan-old", 30), ("orphan-new", 40)):
+        payloads.put(job_id, "001-image", b"x" * size)
+    root = Path(services.settings.data_dir) / "payloads"
+    for path in (root / "orphan-old", root / "orphan-old" / "001-image"):
+        os.utime(path, (old, old))
+    usage = client.get("/admin/temp").get_json()
+    assert (usage["jobs"], usage["files"], usage["bytes"]) == (4, 4, 100)
+    report = client.post("/admin/temp/cleanup").get_json()
+    assert sorted(report["removed"]) == sorted([ended.id, "orphan-old"])
+    assert sorted(os.listdir(root)) == sorted([live.id, "orphan-new"])
+    assert (report["jobs"], report["files"], report["bytes"]) == (2, 2, 50)
+    # The reaper sweeps on its own once the fleet's interval has passed.
+    payloads.put("orphan-later", "001-image", b"x")
+    for path in (root / "orphan-later", root / "orphan-later" / "001-image"):
+        os.utime(path, (old, old))
+    store.mark_canceled(live.id)
+    services.redis.delete(LOCK_KEY)
+    wait_for(lambda: sorted(os.listdir(root)) == ["orphan-new"], 15,
+             what="the periodic sweep")
+    payloads.delete("orphan-new")
