@@ -14,7 +14,7 @@ from shared.inputs import parse_input
 from shared.jobs import JobError, JobRecord, Priority, Webhook, new_job_id, now
 from shared.payloads import PayloadStore
 from shared.registry import ModelSpec, Registry
-from shared.results import ResultStore
+from shared.results import IllegalTransition, ResultStore
 from shared.sweeper import sweep_payloads
 from shared.webhooks import WebhookNotifier, check_target
 from web.dispatch import Dispatcher
@@ -151,6 +151,18 @@ class JobService:
         job = self.store.get(job_id)
         if job is None:
             raise NotFound(f"job {job_id} not found (unknown or expired)", code="job_not_found")
+        if job.queue_expired(now()):
+            job = self._expire(job)
+        return job
+
+    def _expire(self, job: JobRecord) -> JobRecord:
+        """Fail a job past its queue timeout now; workers' reapers do it too, when any run."""
+        try:
+            job = self.store.mark_failed(job.id, job.expired_error())
+        except IllegalTransition:
+            return self.store.get(job.id) or job
+        self.payloads.delete(job.id)
+        self.notifier.ended(job)
         return job
 
     def wait(self, job_id: str, timeout_s: float) -> JobRecord:

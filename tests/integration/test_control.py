@@ -170,6 +170,16 @@ def test_queue_timeout_expires_a_job_that_then_never_runs(client, services):
     assert late["id"] not in services.payloads.job_ids()
 
 
+def test_queue_timeout_is_enforced_even_with_no_worker_at_all(make_settings, make_app):
+    lonely = make_app(make_settings()).test_client()  # its own Redis db: no worker, no reaper
+    job = submit(lonely, {"model": "echo", "queue_timeout_s": 0.3, "input": {"image": PNG_URL}})
+    assert get(lonely, job["id"])["status"] == "queued"
+    time.sleep(0.4)
+    rec = get(lonely, job["id"])
+    assert rec["status"] == "failed" and rec["error"]["type"] == "expired"
+    assert job["id"] not in lonely.application.extensions["conveyor"].payloads.job_ids()
+
+
 # backpressure
 def test_full_queue_answers_429_with_retry_after(client, services, make_app, settings):
     depth = services.store.queue_depth("minilm")
