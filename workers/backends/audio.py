@@ -82,11 +82,12 @@ class WhisperBackend(_HFBackend):
             if len(chunks) > 1:
                 ctx.progress(n + 1, len(chunks))
         elapsed = time.perf_counter() - t0
-        output = {"text": " ".join(t for t in texts if t).strip()}
+        output = {"text": " ".join(t for t in texts if t).strip(),
+                  "duration": round(len(samples) / rate, 3)}
         if inputs.language:
             output["language"] = inputs.language
         return Result(output, {
-            "completion_tokens": tokens, "audio_seconds": round(len(samples) / rate, 3),
+            "completion_tokens": tokens,
             "tokens_per_second": round(tokens / elapsed, 3) if elapsed > 0 else None,
         })
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from workers.backends.hf_loading import (
     weights_path,
 )
 
+log = logging.getLogger(__name__)
 DEFAULT_BATCH = 32
 
 
@@ -73,10 +75,10 @@ class EmbeddingsBackend(Backend):
                     convert_to_numpy=True, show_progress_bar=False))
         elapsed = time.perf_counter() - t0
         vectors = np.concatenate(parts) if parts else np.zeros((0, self.dimensions))
+        log.debug("embedded %s texts in %.3fs", len(vectors), elapsed)
         return Result(
             {"embeddings": vectors.astype(np.float32).tolist(), "dimensions": self.dimensions},
-            {"prompt_tokens": tokens,
-             "texts_per_second": round(len(vectors) / elapsed, 3) if elapsed > 0 else None},
+            {"prompt_tokens": tokens},
         )
 
     def _count_tokens(self, texts: list[str]) -> int:
