@@ -61,8 +61,8 @@ class Settings(BaseSettings):
         300.0, gt=0, le=3600, description="Longest delay between two webhook attempts."
     )
     sse_heartbeat_s: float = Field(
-        15.0, gt=0, le=300, description="Seconds of silence before an event stream sends a "
-        "heartbeat comment (keeps proxies from closing it)."
+        15.0, gt=0, le=50, description="Seconds of silence before an event stream sends a "
+        "heartbeat comment (keeps proxies from closing it); below Redis' 60 s read timeout."
     )
     payload_sweep_interval_s: float = Field(
         600.0, ge=1, le=86_400,

@@ -149,6 +149,10 @@ class WebhookNotifier:
         self._last_output.pop(job.id, None)
         self._queue(job, "completed", f"msg_{job.id}_completed", job.public())
 
+    def forget(self, job_id: str) -> None:
+        """Drop a job's throttle state (its worker is done with it)."""
+        self._last_output.pop(job_id, None)
+
     def _queue(self, job: JobRecord, event: str, msg_id: str, body: dict[str, Any]) -> None:
         if not _wants(job, event):
             return

@@ -160,6 +160,7 @@ class WorkerRuntime:
             with self._lease(job_id):
                 status = self._run(job, soft_limit_s)
         finally:
+            self.notifier.forget(job_id)
             self.current_job = None
             self.jobs_done += 1
             release_memory()

@@ -14,8 +14,10 @@ import socket
 import threading
 import time
 
+import redis
 import requests
 from celery import Celery
+from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutdown
 
 from shared.celery_app import DELIVER_WEBHOOK, WEBHOOK_QUEUE, enqueue_webhook, make_celery
@@ -140,7 +142,13 @@ def build_webhook_app(settings: Settings) -> Celery:
 
     @app.task(name=DELIVER_WEBHOOK, ignore_result=True)
     def deliver_webhook(msg_id: str, attempt: int = 1) -> str:
-        return deliverer.deliver(msg_id, attempt)
+        try:
+            return deliverer.deliver(msg_id, attempt)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The store is unreachable: hand the message back rather than lose the event.
+            log.error("webhook %s: Redis unavailable (%s); requeueing the message", msg_id, exc)
+            time.sleep(1.0)
+            raise Reject(exc, requeue=True) from exc
 
     def facts() -> dict:
         return {"worker": worker_id, "model": None, "role": "webhooks", "pid": os.getpid(),
