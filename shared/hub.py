@@ -70,8 +70,28 @@ def pull(spec, *, cache_dir: str | None = None) -> Path:
             path = snapshot_download(src.hf_repo, revision=src.revision, cache_dir=cache_dir)
     except Exception as exc:
         raise ModelNotAvailable(
-            f"could not download {src.hf_repo} from the Hugging Face hub "
-            f"({type(exc).__name__}: {exc}). If this machine has no internet access, "
-            + _offline_hint(spec)
+            f"could not download {src.hf_repo}: {_why(exc)}. If this machine has no "
+            f"internet access, " + _offline_hint(spec)
         ) from exc
     return Path(path)
+
+
+def _why(exc: Exception) -> str:
+    """Say in one phrase why a download failed: offline, unreachable, or not on the hub."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if constants.HF_HUB_OFFLINE:
+        return "the Hugging Face hub is not reachable: offline mode is on (HF_HUB_OFFLINE=1)"
+    if isinstance(exc, GatedRepoError):
+        return "the repository is gated; accept its terms on the hub and set HF_TOKEN"
+    if isinstance(exc, RepositoryNotFoundError | RevisionNotFoundError):
+        return "no such repository or revision on the hub (or it is private)"
+    if isinstance(exc, LocalEntryNotFoundError):  # what the hub client raises when offline
+        return f"the Hugging Face hub at {constants.ENDPOINT} is unreachable"
+    return f"{type(exc).__name__}: {exc}"
