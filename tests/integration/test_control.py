@@ -218,7 +218,9 @@ def test_no_payload_is_left_after_100_jobs_end_in_mixed_ways(client, services, s
     until(client, busy["id"], "running")
     expiring = [job({"queue_timeout_s": 0.5}) for _ in range(15)]
     for _ in range(15):  # canceled while queued
-        client.post(f"/v1/jobs/{job({})['id']}/cancel")
+        queued = job({})
+        assert queued["id"] in services.payloads.job_ids()  # its image is on disk until then
+        client.post(f"/v1/jobs/{queued['id']}/cancel")
     for j in expiring:
         assert until(client, j["id"], "failed")["error"]["type"] == "expired"
     for _ in range(4):  # refused at submit after the image was stored: 422, nothing kept
