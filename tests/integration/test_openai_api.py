@@ -34,14 +34,19 @@ WEATHER_TOOL = {"type": "function", "function": {
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory) -> Path:
-    """The default registry, its Whisper (alias whisper-1) a tiny random-weight one."""
-    from tests.integration.tiny_models import build_whisper
+    """The default registry; its Whisper (alias whisper-1) and Qwen-Omni (qwen_omni) are
+    tiny random-weight checkpoints."""
+    from tests.integration.tiny_models import build_qwen25_omni_thinker, build_whisper
 
     root = tmp_path_factory.mktemp("openai-models")
     data = yaml.safe_load(DEFAULT_REGISTRY.read_text())
     entry = next(e for e in data["models"] if "whisper-1" in e.get("aliases", []))
     entry.update(source={"path": str(build_whisper(root / "tiny-whisper"))},
                  options={"device": "cpu"}, limits={"max_tokens": 32})
+    entry = next(e for e in data["models"] if "qwen_omni" in e.get("aliases", []))
+    entry.update(source={"path": str(build_qwen25_omni_thinker(root / "tiny-omni"))},
+                 quantization="none", options={"device": "cpu"},
+                 limits={**entry["limits"], "video_max_frames": 4, "video_fps": 2.0})
     path = root / "models.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -53,6 +58,7 @@ def server(make_settings, start_worker, start_server, registry):
     start_worker(settings, SMOL)
     start_worker(settings, "minilm")
     start_worker(settings, WHISPER)
+    start_worker(settings, "qwen2.5-omni-3b")
     return start_server(settings)
 
 
@@ -335,3 +341,30 @@ def test_transcription_multipart_is_a_job(client, server):
                                            file=("notes.txt", b"plain text", "text/plain"))
     assert exc.value.body["code"] == "invalid_media"
 
+
+
+def test_image_audio_and_video_parts_reach_a_multimodal_model(client, server):
+    from tests.integration import media_samples as media
+
+    def ask(*parts):
+        return client.chat.completions.with_raw_response.create(
+            model="qwen_omni", max_tokens=4, temperature=0, messages=[{"role": "user",
+            "content": [*parts, {"type": "text", "text": "tell me everything"}]}])
+
+    plain = ask().parse()
+    raw = ask(
+        {"type": "image_url", "image_url": {"url": media.data_url(media.image(56, 56),
+                                                                  "image/png")}},
+        {"type": "input_audio", "input_audio": {"data": media.b64(media.audio(1.0)),
+                                                "format": "wav"}},
+        {"type": "video_url", "video_url": {"url": media.data_url(media.video(2.0),
+                                                                  "video/mp4")}})
+    rich = raw.parse()
+    # Tokens the tiny Omni spends on them: a 56x56 image 4, 1 s of audio 25, two video
+    # frame pairs 2 x 4, and a start/end bracket around each of the three.
+    assert rich.usage.prompt_tokens - plain.usage.prompt_tokens == 4 + 25 + 2 * 4 + 3 * 2
+    assert isinstance(rich.choices[0].message.content, str)
+    job = job_of(server, "x-" + raw.headers["X-Conveyor-Job-Id"])
+    parts = job["input"]["messages"][0]["content"]
+    assert [(p["type"], p[p["type"]]["media_type"]) for p in parts[:3]] == [
+        ("image", "image/png"), ("audio", "audio/wav"), ("video", "video/mp4")]
