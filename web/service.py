@@ -170,6 +170,8 @@ class JobService:
         job = self.store.wait(job_id, timeout_s)
         if job is None:
             raise NotFound(f"job {job_id} not found (unknown or expired)", code="job_not_found")
+        if job.queue_expired(now()):
+            job = self._expire(job)
         return job
 
     def cancel(self, job_id: str) -> JobRecord:

@@ -178,6 +178,9 @@ def test_queue_timeout_is_enforced_even_with_no_worker_at_all(make_settings, mak
     rec = get(lonely, job["id"])
     assert rec["status"] == "failed" and rec["error"]["type"] == "expired"
     assert job["id"] not in lonely.application.extensions["conveyor"].payloads.job_ids()
+    waited = lonely.post("/v1/jobs", json={"model": "echo", "queue_timeout_s": 0.3,
+                                           "input": {}}, headers={"Prefer": "wait=1"})
+    assert waited.get_json()["error"]["type"] == "expired"
 
 
 # backpressure
