@@ -102,7 +102,7 @@ class Settings(BaseSettings):
         None, ge=64, description="RSS ceiling; a worker past it finishes its job and is replaced."
     )
     sync_wait_s: float = Field(
-        600.0, gt=0, le=3600,
+        570.0, gt=0, le=3600,
         description="Longest an answer-in-one-request route (OpenAI-compatible, seed servers') "
         "holds a request for its job; past it the job is canceled and the answer is 504. "
         "The default stays under the openai client's 600 s timeout, past which it resubmits.",
