@@ -37,7 +37,7 @@ def redis_server(tmp_path_factory) -> Iterator[str]:
     port = free_port()
     data = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(redis_command(binary, data, port, appendonly=False)
-                            + ["--databases", "64"],
+                            + ["--databases", "4096"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redis.Redis(port=port)
     deadline = time.monotonic() + 10
@@ -60,7 +60,7 @@ def redis_db(redis_server):
 
     def make() -> str:
         db = next(_DB)
-        assert db < 64, "out of Redis databases"
+        assert db < 4096, "out of Redis databases"
         return f"{redis_server}/{db}"
 
     return make

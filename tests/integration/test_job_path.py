@@ -118,13 +118,12 @@ def test_cancel_running_llama_keeps_partial_output(stack):
         "prompt": "Write a very long story about a dragon.", "max_tokens": 1000,
         "temperature": 0.8}}).get_json()
     client = stack
+    store = client.application.extensions["conveyor"].store
 
     def has_tokens():
-        rec = client.get(f"/v1/jobs/{job['id']}").get_json()
-        return rec["status"] == "running" and rec
+        return any(event == "token" for _id, event, _data in store.read_events(job["id"]))
 
-    wait_for(has_tokens, 30, interval=0.05, what="generation to start")
-    time.sleep(0.3)
+    wait_for(has_tokens, 60, interval=0.05, what="the first generated token")
     client.post(f"/v1/jobs/{job['id']}/cancel")
     rec = poll(client, job["id"], timeout=10)
     assert rec["status"] == "canceled"
