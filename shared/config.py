@@ -15,7 +15,10 @@ DEFAULT_REGISTRY = Path(__file__).with_name("models.yaml")
 class Settings(BaseSettings):
     """Every knob of conveyor, read from CONVEYOR_* environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
+    # Empty variables mean "unset"; errors never echo values back (secrets live here).
+    model_config = SettingsConfigDict(
+        env_prefix="CONVEYOR_", extra="ignore", env_ignore_empty=True, hide_input_in_errors=True
+    )
 
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",

@@ -100,3 +100,15 @@ def test_settings_are_bounded(monkeypatch):
         Settings(default_time_limit_s=100, visibility_timeout_s=60)
     monkeypatch.setenv("CONVEYOR_MAX_QUEUED_PER_MODEL", "7")
     assert Settings().max_queued_per_model == 7
+
+
+def test_settings_errors_never_echo_secrets(monkeypatch):
+    monkeypatch.setenv("CONVEYOR_WEBHOOK_SECRET", "whsec_not-base64-but-secret!!")
+    with pytest.raises(ValueError) as info:
+        Settings()
+    assert "not-base64-but-secret" not in str(info.value)
+
+
+def test_empty_variables_mean_unset(monkeypatch):
+    monkeypatch.setenv("CONVEYOR_WORKER_MAX_MEMORY_MB", "")
+    assert Settings().worker_max_memory_mb is None
