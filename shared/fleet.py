@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis
@@ -10,6 +11,11 @@ import redis
 from shared.results import PREFIX
 
 WORKER_KEY = PREFIX + ":worker:{}"
+# Ids of workers that published lately, so listing them never scans the whole keyspace
+# (which holds every job's record and events: a SCAN per submit grew with the job count).
+INDEX_KEY = PREFIX + ":workers"
+# An index entry outlives its worker's key this long; the key, not the index, says alive.
+INDEX_KEEP_S = 3600
 COMMANDS_CHANNEL = PREFIX + ":commands"
 
 
@@ -22,16 +28,25 @@ class Fleet:
 
     def publish(self, worker_id: str, info: dict[str, Any]) -> None:
         """Record that a worker is alive, with its facts (model, memory, jobs done...)."""
-        self.r.set(WORKER_KEY.format(worker_id), json.dumps(info), px=int(self.ttl_s * 1000))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(WORKER_KEY.format(worker_id), json.dumps(info), px=int(self.ttl_s * 1000))
+        pipe.zadd(INDEX_KEY, {worker_id: time.time()})
+        pipe.execute()
 
     def remove(self, worker_id: str) -> None:
-        self.r.delete(WORKER_KEY.format(worker_id))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.delete(WORKER_KEY.format(worker_id))
+        pipe.zrem(INDEX_KEY, worker_id)
+        pipe.execute()
 
     def workers(self, model: str | None = None) -> list[dict[str, Any]]:
         """Return the live workers, optionally only those serving one model."""
-        keys = sorted(self.r.scan_iter(WORKER_KEY.format("*"), count=500))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zremrangebyscore(INDEX_KEY, "-inf", time.time() - INDEX_KEEP_S)
+        pipe.zrange(INDEX_KEY, 0, -1)
+        ids = sorted(pipe.execute()[1])
         out = []
-        for raw in self.r.mget(keys) if keys else []:
+        for raw in self.r.mget([WORKER_KEY.format(i) for i in ids]) if ids else []:
             if not raw:
                 continue
             info = json.loads(raw)

@@ -1,0 +1,44 @@
+"""Worker presence on a real Redis: listing workers never scans the keyspace."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from shared.fleet import INDEX_KEEP_S, INDEX_KEY, WORKER_KEY, Fleet
+
+
+@pytest.fixture
+def client(redis_db):
+    return redis.Redis.from_url(redis_db(), decode_responses=True)
+
+
+def test_publish_list_and_remove(client):
+    fleet = Fleet(client)
+    fleet.publish("echo@h:1", {"model": "echo", "pid": 1})
+    fleet.publish("llm@h:2", {"model": "llm", "pid": 2})
+    assert [w["pid"] for w in fleet.workers()] == [1, 2]
+    assert [w["pid"] for w in fleet.workers("llm")] == [2]
+    fleet.remove("llm@h:2")
+    assert fleet.workers("llm") == [] and client.zscore(INDEX_KEY, "llm@h:2") is None
+
+
+def test_expired_workers_vanish_and_stale_index_entries_are_pruned(client):
+    fleet = Fleet(client, ttl_s=0.2)
+    fleet.publish("echo@h:1", {"model": "echo"})
+    time.sleep(0.3)
+    assert fleet.workers() == []  # the key lapsed: gone, whatever the index says
+    client.zadd(INDEX_KEY, {"ghost@h:9": time.time() - INDEX_KEEP_S - 1})
+    fleet.workers()
+    assert client.zscore(INDEX_KEY, "ghost@h:9") is None
+
+
+def test_listing_ignores_unrelated_keys(client):
+    # Job records and events fill the keyspace; only indexed workers are read.
+    client.set(WORKER_KEY.format("not-indexed"), '{"model": "echo"}')
+    client.mset({f"conveyor:job:{i}": "{}" for i in range(2000)})
+    fleet = Fleet(client)
+    fleet.publish("echo@h:1", {"model": "echo", "pid": 1})
+    assert [w["pid"] for w in fleet.workers("echo")] == [1]
