@@ -307,14 +307,18 @@ class ResultStore:
         last = "0-0"
         while True:
             rec = self.get(job_id)
-            if rec is None or rec.status.is_terminal():
+            if rec is None or rec.status.is_terminal() or time.monotonic() >= deadline:
                 return rec
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return rec
-            events = self.read_events(job_id, last, block_ms=max(1, int(min(left, 5) * 1000)))
-            if events:
+            # Token and progress events leave the record as it was: read it again only once
+            # its status moved, a read timed out, or the time is up (not once per token).
+            while (left := deadline - time.monotonic()) > 0:
+                events = self.read_events(job_id, last, block_ms=max(1, int(min(left, 5) * 1000)))
+                if not events:
+                    break
                 last = events[-1][0]
+                if any(name == "status" and data.get("status") != rec.status
+                       for _id, name, data in events):
+                    break
 
     def iter_events(self, job_id: str, after: str, *, idle_s: float) -> Iterator[tuple]:
         """Yield events after an id; yield None after idle_s with nothing new."""
