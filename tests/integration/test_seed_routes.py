@@ -277,3 +277,17 @@ def test_llama_server_chat_completions_without_v1(url):
 def test_models_path_answers_like_the_lightweight_server(url):
     data = requests.get(f"{url}/models", timeout=10).json()
     assert all(isinstance(m, dict) and "name" in m for m in data["models"])
+
+
+def test_no_answer_in_time_is_504_and_the_job_is_canceled(stack, make_app):
+    impatient = make_app(stack[1].model_copy(update={"sync_wait_s": 1.0})).test_client()
+    resp = impatient.post("/generate/dialogpt-small", json={"prompt": "Hello"})  # no worker
+    assert resp.status_code == 504, resp.get_json()
+    assert resp.get_json()["error"]["code"] == "timeout"
+    rec = impatient.get(f"/v1/jobs/{resp.headers['X-Conveyor-Job-Id']}").get_json()
+    assert rec["status"] == "canceled" and rec["model"] == "dialogpt-small"
+    openai_style = impatient.post("/v1/chat/completions", json={
+        "model": "microsoft/DialoGPT-small", "messages": [{"role": "user", "content": "Hi"}]})
+    assert openai_style.status_code == 504
+    assert openai_style.get_json()["error"]["type"] == "server_error"
+    assert openai_style.headers["x-should-retry"] == "false"
