@@ -97,13 +97,12 @@ class Follower:
         threading.Thread(target=self._read_events, daemon=True).start()
         deadline = None if timeout is None else self.started + timeout
         next_poll = 0.0
-        streaming_ok = True
         while True:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 self._clear()
                 raise TimeoutError
-            if now >= next_poll or not streaming_ok:
+            if now >= next_poll:  # also the fallback when the event stream broke
                 self.job = self.client.get(self.job.id)
                 next_poll = now + POLL_S
                 if self.job.status.is_terminal():
@@ -114,8 +113,6 @@ class Follower:
                 self._draw()
                 continue
             if isinstance(item, Exception):
-                streaming_ok = False
-                time.sleep(POLL_S)
                 continue
             if self._on_event(item):
                 self.job = self.client.get(self.job.id)
@@ -170,9 +167,10 @@ def _show(job: Job, as_json: bool, *, streamed: bool = False) -> None:
         return
     if job.status == "succeeded":
         out = job.output or {}
-        if not streamed:
-            text = out.get("text")
-            click.echo(text if isinstance(text, str) else json.dumps(out, indent=2))
+        text = out.get("text")
+        plain = isinstance(text, str) and set(out) <= {"text", "finish_reason", "language"}
+        if not (streamed and plain):  # tool calls, labels, vectors: the whole output
+            click.echo(text if plain else json.dumps(out, indent=2))
         return
     if job.status == "failed" and job.error:
         click.echo(f"job {job.id} failed: {job.error.type}: {job.error.message}", err=True)
@@ -184,13 +182,14 @@ def _show(job: Job, as_json: bool, *, streamed: bool = False) -> None:
 
 def _follow_and_exit(client: Client, job: Job, *, stream: bool, as_json: bool,
                      timeout: float | None) -> None:
+    follower = Follower(client, job, stream=stream, as_json=as_json)
     try:
-        job = Follower(client, job, stream=stream, as_json=as_json).run(timeout)
+        job = follower.run(timeout)
     except TimeoutError:
         click.echo(f"timed out after {timeout:g} s; job {job.id} goes on "
                    f"(`conveyor wait {job.id}` or `conveyor cancel {job.id}`)", err=True)
         sys.exit(EXIT_TIMEOUT)
-    _show(job, as_json, streamed=stream)
+    _show(job, as_json, streamed=follower.tokens > 0)
     sys.exit(_EXIT.get(job.status, 1))
 
 
