@@ -20,9 +20,11 @@ from workers.backends.hf_generation import StopWhenAsked, generate, to_device
 from workers.backends.hf_loading import (
     cap_address_space,
     describe,
+    greedy_token,
     input_device,
     load_model,
     typed_out_of_memory,
+    warm_up,
     weights_path,
 )
 from workers.backends.qwen_inputs import attach_media, split_media
@@ -54,8 +56,16 @@ class WhisperBackend(_HFBackend):
         path = weights_path(self.spec)
         self.processor = AutoProcessor.from_pretrained(str(path))
         self.model = load_model(AutoModelForSpeechSeq2Seq, self.spec, path)
+        warm_up(self.spec, self._warm_up)
         cap_address_space(self.spec)
         self.loaded = True
+
+    def _warm_up(self) -> None:
+        rate = self.processor.feature_extractor.sampling_rate
+        feats = self.processor.feature_extractor(np.zeros(rate, np.float32), sampling_rate=rate,
+                                                 return_tensors="pt")
+        feats = to_device(dict(feats), input_device(self.model), self.model.dtype)
+        self.model.generate(**feats, max_new_tokens=1)
 
     def transcribe(self, inputs: TranscribeInput, ctx: JobContext) -> Result:
         """Transcribe speech, 30-second window by window; cancellable between windows."""
@@ -124,6 +134,7 @@ class QwenAudioBackend(_HFBackend):
         path = weights_path(self.spec)
         self.processor = AutoProcessor.from_pretrained(str(path))
         self.model = load_model(Qwen2AudioForConditionalGeneration, self.spec, path)
+        warm_up(self.spec, lambda: greedy_token(self.model, self.processor.tokenizer))
         cap_address_space(self.spec)
         self.loaded = True
 

@@ -17,6 +17,7 @@ from workers.backends.hf_loading import (
     input_device,
     load_model,
     typed_out_of_memory,
+    warm_up,
     weights_path,
 )
 from workers.decoding import decode_image
@@ -34,8 +35,17 @@ class BlipVqaBackend(Backend):
         path = weights_path(self.spec)
         self.processor = BlipProcessor.from_pretrained(str(path))
         self.model = load_model(BlipForQuestionAnswering, self.spec, path)
+        warm_up(self.spec, self._warm_up)
         cap_address_space(self.spec)
         self.loaded = True
+
+    def _warm_up(self) -> None:
+        from PIL import Image
+
+        batch = self.processor(images=Image.new("RGB", (32, 32)), text="what?",
+                               return_tensors="pt")
+        batch = to_device(dict(batch), input_device(self.model), self.model.dtype)
+        self.model.generate(**batch, max_new_tokens=1)
 
     def health(self) -> dict[str, Any]:
         info = super().health()

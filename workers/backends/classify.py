@@ -16,6 +16,7 @@ from workers.backends.hf_loading import (
     input_device,
     load_model,
     typed_out_of_memory,
+    warm_up,
     weights_path,
 )
 
@@ -42,6 +43,8 @@ class ClassifierBackend(Backend):
         self.multi_label = self.model.config.problem_type == "multi_label_classification"
         self.max_length = min(int(self.spec.options.get("max_length") or 512),
                               self.tokenizer.model_max_length)
+        warm_up(self.spec, lambda: self.model(
+            **self.tokenizer(["warm up"], return_tensors="pt").to(input_device(self.model))))
         cap_address_space(self.spec)
         self.loaded = True
 

@@ -17,6 +17,7 @@ from workers.backends.hf_loading import (
     device_of,
     load_kwargs,
     typed_out_of_memory,
+    warm_up,
     weights_path,
 )
 
@@ -42,6 +43,7 @@ class EmbeddingsBackend(Backend):
                                     f"{exc}") from exc
         self.model.eval()
         self.dimensions = self.model.get_embedding_dimension()
+        warm_up(self.spec, lambda: self.model.encode(["warm up"], show_progress_bar=False))
         cap_address_space(self.spec)
         self.loaded = True
 

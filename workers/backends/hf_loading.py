@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import resource
+import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -128,6 +130,27 @@ def describe(model, spec: ModelSpec) -> dict[str, Any]:
         "device": str(input_device(model)),
         "footprint_bytes": int(model.get_memory_footprint()),
     }
+
+
+def warm_up(spec: ModelSpec, run: Callable[[], object]) -> None:
+    """Run one tiny inference at load time (unless `options.warmup` is false).
+
+    The first forward pass allocates thread pools, kernel caches and tokenizer state
+    once; doing it here keeps it out of the first job's latency and makes the RSS
+    published after load the baseline that later jobs are compared with.
+    """
+    if spec.options.get("warmup", True) is False:
+        return
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        run()
+    log.info("model %s: warmed up in %.2fs", spec.id, time.perf_counter() - t0)
+
+
+def greedy_token(model, tokenizer) -> None:
+    """Generate one token from a short text prompt (the warm-up of generative models)."""
+    batch = tokenizer("Hello", return_tensors="pt").to(input_device(model))
+    model.generate(**batch, max_new_tokens=1, do_sample=False)
 
 
 def cap_address_space(spec: ModelSpec) -> int | None:

@@ -13,8 +13,10 @@ from workers.backends.hf_generation import generate, to_device
 from workers.backends.hf_loading import (
     cap_address_space,
     describe,
+    greedy_token,
     input_device,
     load_model,
+    warm_up,
     weights_path,
 )
 
@@ -42,6 +44,7 @@ class TransformersTextBackend(Backend):
             self.tokenizer.chat_template = template
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        warm_up(self.spec, lambda: greedy_token(self.model, self.tokenizer))
         cap_address_space(self.spec)
         self.loaded = True
 

@@ -11,8 +11,10 @@ from workers.backends.hf_generation import generate, to_device
 from workers.backends.hf_loading import (
     cap_address_space,
     describe,
+    greedy_token,
     input_device,
     load_model,
+    warm_up,
     weights_path,
 )
 from workers.backends.qwen_inputs import QwenInputs, attach_media, split_media
@@ -36,6 +38,7 @@ class QwenVisionBackend(Backend):
         self.model = self._load_model(path)
         self.inputs = QwenInputs(path, self.tokenizer, self.model.config, self.spec.limits,
                                  audio="audio" in self.media_kinds)
+        warm_up(self.spec, lambda: greedy_token(self.model, self.tokenizer))
         cap_address_space(self.spec)
         self.loaded = True
 
