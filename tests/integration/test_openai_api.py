@@ -368,3 +368,12 @@ def test_image_audio_and_video_parts_reach_a_multimodal_model(client, server):
     parts = job["input"]["messages"][0]["content"]
     assert [(p["type"], p[p["type"]]["media_type"]) for p in parts[:3]] == [
         ("image", "image/png"), ("audio", "audio/wav"), ("video", "video/mp4")]
+
+
+def test_a_job_that_fails_mid_stream_raises_in_the_client(client):
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64).decode()
+    stream = client.chat.completions.create(model=SMOL, stream=True, messages=[
+        {"role": "user", "content": [{"type": "image_url", "image_url": {
+            "url": f"data:image/png;base64,{png}"}}]}])
+    with pytest.raises(openai.APIError, match="text only"):
+        list(stream)
