@@ -90,9 +90,9 @@ class ModelSpec(BaseModel):
         """Return the Celery queue this model's workers consume."""
         return f"model.{self.id}"
 
-    def default_task(self) -> str | None:
-        """Return the task to use when a request names none."""
-        return self.tasks[0] if len(self.tasks) == 1 else None
+    def default_task(self) -> str:
+        """Return the task to use when a request names none: the first one listed."""
+        return self.tasks[0]
 
 
 class Registry:

@@ -85,9 +85,6 @@ class JobService:
             raise NotFound(f"model {req.model!r} is not in the registry", param="model",
                            code="model_not_found")
         task = req.task or spec.default_task()
-        if task is None:
-            raise InvalidInput(f"model {spec.id} has several tasks {spec.tasks}; name one in "
-                               f"'task'", param="task")
         if task not in spec.tasks:
             raise InvalidInput(f"model {spec.id} does not support task {task!r} "
                                f"(it supports {spec.tasks})", param="task",

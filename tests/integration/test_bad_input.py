@@ -58,8 +58,6 @@ CASES = [
      422, "invalid_input", "task"),
     ("unknown task", dict(json={"model": "smollm2-135m", "task": "dance", "input": {}}),
      422, "invalid_input", "task"),
-    ("ambiguous task", dict(json={"model": "smollm2-135m", "input": {"prompt": "x"}}),
-     422, "invalid_input", "task"),
     ("chat without text", dict(json={"model": "smollm2-135m", "task": "chat", "input": {}}),
      422, "invalid_input", "input"),
     ("max_tokens wrong type", dict(json=chat(max_tokens="many")),
@@ -154,6 +152,13 @@ def test_prompt_over_the_context_window_fails_the_job_clearly(stack):
     assert rec["status"] == "failed", rec
     assert rec["error"]["type"] == "invalid_input"
     assert "context" in rec["error"]["message"]
+
+
+def test_text_only_model_refuses_media(stack):
+    rec = stack.post("/v1/jobs", json=chat(image=base64.b64encode(PNG).decode()),
+                     headers={"Prefer": "wait=30"}).get_json()
+    assert rec["status"] == "failed"
+    assert rec["error"]["type"] == "invalid_input" and "text only" in rec["error"]["message"]
 
 
 def test_workers_keep_serving_after_bad_input(stack):

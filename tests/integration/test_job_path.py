@@ -50,6 +50,14 @@ def test_smollm2_answers_capital_of_france(stack):
     assert rec["attempts"] == 1
 
 
+def test_task_defaults_to_the_models_first_task(stack):
+    rec = submit(stack, {"model": "smollm2-135m", "input": {
+        "prompt": "What is the capital of France?", "max_tokens": 30, "temperature": 0}},
+        Prefer="wait=60").get_json()
+    assert rec["task"] == "chat" and rec["status"] == "succeeded", rec
+    assert "Paris" in rec["output"]["text"]
+
+
 def test_chat_messages_and_sampling_fields(stack):
     resp = submit(stack, {"model": "smollm2-135m", "task": "chat", "input": {
         "messages": [{"role": "system", "content": "Answer with one word."},

@@ -85,6 +85,8 @@ class LlamaCppBackend(Backend):
 
     def chat(self, inputs: ChatInput, ctx: JobContext) -> Result:
         """Chat from OpenAI-style messages; tools go to the chat handler."""
+        if any(getattr(inputs, f) for f in ("image", "images", "audio", "video")):
+            raise InputRejected(f"model {self.spec.id} takes text only; it got media")
         messages = inputs.chat_messages(self.spec.options.get("system_prompt"))
         for m in messages:
             if isinstance(m.get("content"), list):
