@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 
+from shared.event_buffer import Event, EventBuffer
 from shared.jobs import JobError, JobRecord, JobStatus, now
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class ResultStore:
         self.r = client
         self.ttl_s = ttl_s
         self._renew = client.register_script(_RENEW)
+        self._batch = EventBuffer(self._write_events)
 
     # keys
     @staticmethod
@@ -284,11 +286,32 @@ class ResultStore:
         return self._update(job_id, lambda rec, pipe: rec if fn(rec) else None)
 
     # events
-    def add_event(self, job_id: str, event: str, data: dict[str, Any]) -> str:
-        """Append an event (token delta, progress, webhook...) to the job's log."""
+    def add_event(
+        self, job_id: str, event: str, data: dict[str, Any], *, batched: bool = False
+    ) -> str | None:
+        """Append an event (token delta, progress, webhook...) to the job's log.
+
+        batched=True may hold it a few milliseconds to write it with the next ones (a
+        generation loop then waits on Redis once per batch, not per token) and returns
+        None; every later state change and unbatched event of this store comes after it.
+        """
+        if batched:
+            self._batch.add(job_id, event, data)
+            return None
+        self.flush_events()
         pipe = self.r.pipeline(transaction=False)
         self._event(pipe, job_id, event, data)
         return pipe.execute()[0]
+
+    def flush_events(self) -> None:
+        """Write the events held back by add_event(batched=True) now."""
+        self._batch.flush()
+
+    def _write_events(self, events: list[Event]) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for job_id, event, data in events:
+            self._event(pipe, job_id, event, data)
+        pipe.execute()
 
     def read_events(
         self, job_id: str, after: str = "0-0", *, block_ms: int | None = None, count: int = 500
@@ -382,6 +405,7 @@ class ResultStore:
 
     def _update(self, job_id: str, apply, extra=None) -> JobRecord | None:
         """Read-modify-write a record under WATCH; return the latest record or None."""
+        self.flush_events()  # a job's token events land before the status they lead to
         key = self.job_key(job_id)
         with self.r.pipeline() as pipe:
             while True:

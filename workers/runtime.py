@@ -205,7 +205,7 @@ class WorkerRuntime:
         parts: list[str] = []
 
         def emit(event: str, data: dict) -> None:
-            self.store.add_event(job.id, event, data)
+            self.store.add_event(job.id, event, data, batched=True)
             if event == "token":
                 parts.append(data.get("text", ""))
             if event in ("token", "progress"):
