@@ -1,6 +1,7 @@
 """Worker memory over many jobs, and embeddings throughput.
 
-    .venv/bin/python bench/memory.py [--jobs 200] [--model minilm|smollm2-135m-hf|tiny-qwen2-vl]
+    .venv/bin/python bench/memory.py [--jobs 200] [--throughput]
+        [--model minilm|smollm2-135m-hf|tiny-qwen2-vl|echo]
 
 Starts a private redis-server and one real `conveyor worker` for the model, sends jobs
 through the HTTP API (Flask test client) one after another, and reads the worker's pool
@@ -56,6 +57,8 @@ def job_input(model: str, n: int) -> tuple[str, dict]:
     """Return (task, input) for the n-th job: sizes vary so allocations differ job to job."""
     if model == "minilm":
         return "embed", {"texts": [SENTENCES[i % 3].format(n + i) for i in range(1 + n % 32)]}
+    if model == "echo":  # no torch: what the queue and the runtime alone hold on to
+        return "echo", {"n": n, "text": SENTENCES[n % 3].format(n)}
     if model == "tiny-qwen2-vl":
         return "chat", {"prompt": f"describe image {n}", "image": _png(), "max_tokens": 8,
                         "temperature": 0}
@@ -190,13 +193,14 @@ def throughput_run(rig: Rig, batches: int = 20, size: int = 64) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/memory.py", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="minilm",
-                        choices=("minilm", "smollm2-135m-hf", "tiny-qwen2-vl"))
+                        choices=("minilm", "smollm2-135m-hf", "tiny-qwen2-vl", "echo"))
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--throughput", action="store_true",
                         help="also measure embeddings throughput (needs --model minilm)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     setup_logging("INFO")
+    log.setLevel(logging.INFO)  # the web app sets the root logger to the quiet rig's WARNING
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:
         tmp = Path(tmp)
         registry = tiny_registry(tmp) if args.model == "tiny-qwen2-vl" else None

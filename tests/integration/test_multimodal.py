@@ -41,6 +41,8 @@ def write_registry(path, folders):
             entries.append({"id": f"{name}-{quant}", "backend": backend, "tasks": tasks,
                             "source": {"path": str(folders[name])}, "quantization": quant,
                             "limits": {"time_limit_s": 120, **limits}})
+    entries.append({"id": "tiny-qwen2-vl-fp4", "backend": "qwen_vl", "tasks": ["chat"],
+                    "source": {"path": str(folders["tiny-qwen2-vl"])}, "quantization": "fp4"})
     path.write_text(yaml.safe_dump({"models": entries}))
     return path
 
@@ -64,7 +66,8 @@ def client(tmp_path_factory, make_settings, start_worker, make_app):
     folders = {name: build(root / name) for name, build in BUILDERS.items()}
     registry = write_registry(root / "models.yaml", folders)
     settings = make_settings(registry=registry)
-    start_all(start_worker, settings, [f"{m}-{q}" for m in MODELS for q in QUANTS])
+    start_all(start_worker, settings,
+              [f"{m}-{q}" for m in MODELS for q in QUANTS] + ["tiny-qwen2-vl-fp4"])
     app = make_app(settings)
     app.conveyor_store = ResultStore(redis.Redis.from_url(settings.redis_url,
                                                           decode_responses=True), ttl_s=600)
@@ -114,7 +117,7 @@ AUDIO_1S_TOKENS = 25
 PLACEHOLDER_BRACKETS = 2  # <|vision_start|>/<|audio_bos|> and the matching end token
 
 
-@pytest.mark.parametrize("quant", QUANTS)
+@pytest.mark.parametrize("quant", (*QUANTS, "fp4"))
 def test_qwen_vl_image_tokens_reach_the_model(client, quant):
     model = f"tiny-qwen2-vl-{quant}"
     plain = run(client, model, chat_parts())
@@ -175,6 +178,14 @@ def test_whisper_transcribes_wav_and_stereo_flac(client, quant):
     assert flac["input"]["audio"]["media_type"] == "audio/flac"
 
 
+@pytest.mark.parametrize("fmt, mime", [("OGG", "audio/ogg"), ("MP3", "audio/mpeg")])
+def test_whisper_decodes_ogg_and_mp3(client, fmt, mime):
+    data = media.audio(1.0, rate=22_050, fmt=fmt)
+    rec = run(client, "tiny-whisper-int8", {"audio": media.b64(data), "max_tokens": 4})
+    assert rec["input"]["audio"]["media_type"] == mime
+    assert rec["output"]["duration"] == pytest.approx(1.0, abs=0.05)
+
+
 @pytest.mark.parametrize("quant", QUANTS)
 def test_qwen2_audio_chat_and_transcribe(client, quant):
     model = f"tiny-qwen2-audio-{quant}"
@@ -220,6 +231,7 @@ def test_admin_models_show_quantized_tiny_models(client):
     health = models["tiny-qwen2-vl-nf4"]["workers"][0]["health"]
     assert health["quantization"] == "nf4" and health["device"] == "cpu"
     assert health["class"] == "Qwen2VLForConditionalGeneration"
+    assert models["tiny-qwen2-vl-fp4"]["workers"][0]["health"]["quantization"] == "fp4"
     nf4 = models["tiny-bert-classifier-nf4"]["workers"][0]["health"]["footprint_bytes"]
     int8 = models["tiny-bert-classifier-int8"]["workers"][0]["health"]["footprint_bytes"]
     assert 0 < nf4 < int8
