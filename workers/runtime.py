@@ -64,6 +64,7 @@ class WorkerRuntime:
         self.should_exit = False
         self.started_at = time.time()
         self.stop = threading.Event()
+        self._leased: str | None = None
 
     # lifecycle
     def start(self) -> None:
@@ -81,6 +82,7 @@ class WorkerRuntime:
         self.publish()
         threading.Thread(target=self._heartbeat, name="conveyor-heartbeat", daemon=True).start()
         threading.Thread(target=self._listen, name="conveyor-commands", daemon=True).start()
+        threading.Thread(target=self._renew_leases, name="conveyor-lease", daemon=True).start()
 
     def shutdown(self) -> None:
         self.stop.set()
@@ -130,22 +132,23 @@ class WorkerRuntime:
     @contextmanager
     def _lease(self, job_id: str):
         """Keep renewing this worker's lease on a job while it runs."""
-        done = threading.Event()
-        every = self.settings.lease_s / 3
-
-        def renew() -> None:
-            while not done.wait(every):
-                try:
-                    self.store.renew_lease(job_id, self.worker_id, self.settings.lease_s)
-                except Exception:
-                    log.warning("job %s lease renewal failed", job_id, exc_info=True)
-
-        thread = threading.Thread(target=renew, name=f"lease-{job_id}", daemon=True)
-        thread.start()
+        self._leased = job_id
         try:
             yield
         finally:
-            done.set()
+            self._leased = None
+
+    def _renew_leases(self) -> None:
+        # One thread for the process's life: starting a thread per job cost up to a
+        # millisecond of every job's latency on a busy machine.
+        while not self.stop.wait(self.settings.lease_s / 3):
+            job_id = self._leased
+            if job_id is None:
+                continue
+            try:
+                self.store.renew_lease(job_id, self.worker_id, self.settings.lease_s)
+            except Exception:
+                log.warning("job %s lease renewal failed", job_id, exc_info=True)
 
     # jobs
     def execute(self, job_id: str, soft_limit_s: float | None = None) -> str:
