@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 from shared.event_buffer import Event, EventBuffer
-from shared.jobs import JobError, JobRecord, JobStatus, now
+from shared.jobs import TERMINAL, JobError, JobRecord, JobStatus, now
 
 log = logging.getLogger(__name__)
 
@@ -332,14 +332,14 @@ class ResultStore:
             rec = self.get(job_id)
             if rec is None or rec.status.is_terminal() or time.monotonic() >= deadline:
                 return rec
-            # Token and progress events leave the record as it was: read it again only once
-            # its status moved, a read timed out, or the time is up (not once per token).
+            # Read the record again only once it ended, a read timed out, or the time is up:
+            # not once per token, nor for the `running` step on the way.
             while (left := deadline - time.monotonic()) > 0:
                 events = self.read_events(job_id, last, block_ms=max(1, int(min(left, 5) * 1000)))
                 if not events:
                     break
                 last = events[-1][0]
-                if any(name == "status" and data.get("status") != rec.status
+                if any(name == "status" and data.get("status") in TERMINAL
                        for _id, name, data in events):
                     break
 
