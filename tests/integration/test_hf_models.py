@@ -7,7 +7,9 @@ import math
 
 import pytest
 import redis
+import yaml
 
+from shared.config import DEFAULT_REGISTRY
 from shared.fleet import Fleet
 from shared.results import ResultStore
 from tests.conftest import wait_for
@@ -17,9 +19,22 @@ TERMINAL = ("succeeded", "failed", "canceled")
 
 
 @pytest.fixture(scope="module")
-def client(make_settings, start_worker, make_app):
-    settings = make_settings()
-    workers = [start_worker(settings, m, wait=False) for m in ("minilm", "smollm2-135m-hf")]
+def registry(tmp_path_factory):
+    """The default registry's two models, and MiniLM once more at 4-bit NF4."""
+    default = yaml.safe_load(DEFAULT_REGISTRY.read_text())["models"]
+    entries = [m for m in default if m["id"] in ("minilm", "smollm2-135m-hf")]
+    minilm = next(m for m in entries if m["id"] == "minilm")
+    entries.append({**minilm, "id": "minilm-nf4", "quantization": "nf4"})
+    path = tmp_path_factory.mktemp("hf-registry") / "models.yaml"
+    path.write_text(yaml.safe_dump({"models": entries}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def client(registry, make_settings, start_worker, make_app):
+    settings = make_settings(registry=registry)
+    workers = [start_worker(settings, m, wait=False)
+               for m in ("minilm", "minilm-nf4", "smollm2-135m-hf")]
     fleet = Fleet(redis.Redis.from_url(settings.redis_url, decode_responses=True))
     for w in workers:
         def ready(w=w):
@@ -58,8 +73,9 @@ def cosine(a, b):
     return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
 
 
-def test_minilm_paraphrase_is_closer_than_an_unrelated_sentence(client):
-    rec = run(client, "minilm", {"texts": [
+@pytest.mark.parametrize("model", ["minilm", "minilm-nf4"])
+def test_minilm_paraphrase_is_closer_than_an_unrelated_sentence(client, model):
+    rec = run(client, model, {"texts": [
         "A man is playing a guitar on stage.",
         "Someone performs music with a guitar in front of an audience.",
         "The central bank raised interest rates by half a point.",
@@ -72,6 +88,12 @@ def test_minilm_paraphrase_is_closer_than_an_unrelated_sentence(client):
     para, unrelated = cosine(a, b), cosine(a, c)
     assert para > 0.5 and para > unrelated + 0.3, (para, unrelated)
     assert rec["metrics"]["prompt_tokens"] > 20
+
+
+def test_quantized_minilm_reports_its_quantization(client):
+    models = {m["id"]: m for m in client.get("/admin/models").get_json()["models"]}
+    assert models["minilm-nf4"]["workers"][0]["health"]["quantization"] == "nf4"
+    assert models["minilm"]["workers"][0]["health"]["dimensions"] == 384
 
 
 def test_minilm_single_text_and_batches_agree(client):
