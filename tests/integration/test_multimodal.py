@@ -25,6 +25,8 @@ QUANTS = ("nf4", "int8")
 MODELS = {  # tiny model -> (backend, tasks, limits)
     "tiny-qwen2-vl": ("qwen_vl", ["chat"],
                       {"video_max_frames": 4, "video_fps": 2.0, "video_max_seconds": 5}),
+    "tiny-qwen25-vl": ("qwen_vl", ["chat"],
+                       {"video_max_frames": 4, "video_fps": 2.0, "video_max_seconds": 5}),
     "tiny-blip-vqa": ("blip_vqa", ["vqa"], {}),
     "tiny-whisper": ("whisper", ["transcribe"], {"max_tokens": 64}),
     "tiny-qwen2-audio": ("qwen_audio", ["chat", "transcribe"], {}),
@@ -140,6 +142,17 @@ def test_qwen_vl_jpeg_and_mp4_video(client, quant):
         image_part(media.image(90, 70, "JPEG"), "image/jpeg"), text="what happens in the video"))
     assert rec["metrics"]["prompt_tokens"] - plain["metrics"]["prompt_tokens"] == \
         2 * 4 + PLACEHOLDER_BRACKETS
+
+
+@pytest.mark.parametrize("quant", QUANTS)
+def test_qwen25_vl_image_and_timed_video(client, quant):
+    model = f"tiny-qwen25-vl-{quant}"
+    plain = run(client, model, chat_parts(text="what happens"))
+    rec = run(client, model, chat_parts(image_part(media.image(56, 56)),
+                                        video_part(media.video(2.0)), text="what happens"))
+    grown = rec["metrics"]["prompt_tokens"] - plain["metrics"]["prompt_tokens"]
+    assert grown == IMAGE_56_TOKENS + 2 * 4 + 2 * PLACEHOLDER_BRACKETS
+    assert rec["output"]["finish_reason"] in ("stop", "length")
 
 
 def test_qwen_vl_top_level_image_field_and_token_events(client):
