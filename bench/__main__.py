@@ -1,0 +1,122 @@
+"""`python -m bench [all|queue|generation]`: run benchmarks and print side-by-side ratios."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+from bench import generation, queue_overhead
+from bench.procs import StartFailed
+from bench.report import machine, table
+from bench.stack import Stack, llama_threads
+from shared.logs import setup_logging
+
+log = logging.getLogger("bench")
+
+BENCHMARKS = ("queue", "generation")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    q, g = queue_overhead.QueueOptions(), generation.GenerationOptions()
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark conveyor against bare baselines, side by side in one run: "
+                    "queue (echo job over HTTP vs a bare Celery no-op) and generation "
+                    "(SmolLM2 through conveyor vs bare llama-cpp-python). Only the ratios "
+                    "mean something on a busy machine. See docs/benchmarks.md.")
+    parser.add_argument("benchmark", nargs="?", default="all", choices=("all", *BENCHMARKS),
+                        help="which benchmark to run (default: all)")
+    parser.add_argument("--rounds", type=int, default=q.rounds,
+                        help="queue: one-client round trips per side (default %(default)s)")
+    parser.add_argument("--clients", type=int, default=q.clients,
+                        help="queue: concurrent clients for throughput (default %(default)s)")
+    parser.add_argument("--jobs", type=int, default=q.jobs,
+                        help="queue: jobs per throughput block (default %(default)s)")
+    parser.add_argument("--blocks", type=int, default=q.blocks,
+                        help="queue: throughput blocks per side (default %(default)s)")
+    parser.add_argument("--gen-rounds", type=int, default=g.rounds,
+                        help="generation: requests per side (default %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=g.max_tokens,
+                        help="generation: max_tokens per request (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="generation: llama.cpp n_threads on both sides (default: the "
+                             "registry's, else half the cores)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few rounds only: checks the benchmark runs, not the numbers")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 when a goal is missed")
+    parser.add_argument("--keep-logs", action="store_true",
+                        help="keep the components' logs (printed path) after the run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.jobs, args.blocks = 20, args.clients * 2, 1
+        args.gen_rounds, args.max_tokens = 1, 32
+    for name in ("rounds", "clients", "jobs", "blocks", "gen_rounds", "max_tokens"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run the chosen benchmarks on one stack; print each table as it completes."""
+    chosen = BENCHMARKS if args.benchmark == "all" else (args.benchmark,)
+    results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
+               "load_before": os.getloadavg(), "benchmarks": {}}
+    with Stack(threads=llama_threads(args.threads), keep_logs=args.keep_logs) as stack:
+        for name in chosen:
+            t0 = time.monotonic()
+            if name == "queue":
+                rows, details = queue_overhead.run(stack, queue_overhead.QueueOptions(
+                    rounds=args.rounds, clients=args.clients, jobs=args.jobs,
+                    blocks=args.blocks))
+                title = "Queue overhead: echo job over HTTP vs bare Celery no-op"
+            else:
+                rows, details = generation.run(stack, generation.GenerationOptions(
+                    rounds=args.gen_rounds, max_tokens=args.max_tokens))
+                title = "Generation: SmolLM2 through conveyor vs bare llama-cpp-python"
+            details["seconds"] = round(time.monotonic() - t0, 1)
+            print(f"\n{table(title, rows)}\n\n{json.dumps(details)}", flush=True)
+            results["benchmarks"][name] = {"rows": [r.as_dict() for r in rows], **details}
+    results["load_after"] = os.getloadavg()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(os.environ.get("BENCH_LOG_LEVEL", "INFO"))
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
+    try:
+        results = run(args)
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; every process it started was stopped", file=sys.stderr)
+        return 130
+    except StartFailed as exc:
+        print(f"bench: a component did not start: {exc}", file=sys.stderr)
+        return 2
+    m = results["machine"]
+    print(f"\nmachine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python "
+          f"{m['python']}; load average before {results['load_before'][0]:.2f}, after "
+          f"{results['load_after'][0]:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    missed = [r["metric"] for b in results["benchmarks"].values() for r in b["rows"]
+              if r["met"] is False]
+    if missed:
+        print(f"goals missed: {', '.join(missed)}")
+    return 1 if missed and args.strict else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

