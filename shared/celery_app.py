@@ -37,8 +37,10 @@ def make_celery(settings: Settings, registry: Registry) -> Celery:
         task_create_missing_queues=False,
         task_time_limit=settings.default_time_limit_s + HARD_LIMIT_GRACE_S,
         task_soft_time_limit=settings.default_time_limit_s,
-        task_send_sent_event=True,
-        worker_send_task_events=True,
+        # Events cost a Redis publish per state change; Flower switches workers' events on
+        # by itself (enable_events) while it runs, so they stay off unless asked for.
+        task_send_sent_event=settings.task_events,
+        worker_send_task_events=settings.task_events,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,

@@ -110,6 +110,10 @@ class Settings(BaseSettings):
         "holds a request for its job; past it the job is canceled and the answer is 504. "
         "The default stays under the openai client's 600 s timeout, past which it resubmits.",
     )
+    task_events: bool = Field(
+        False,
+        description="Send Celery task events from the start (Flower turns them on while it runs).",
+    )
     log_level: str = Field("INFO", description="Log level of every component.")
 
     @field_validator("webhook_secret", mode="before")

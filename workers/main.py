@@ -107,7 +107,7 @@ def run_worker(settings: Settings, model: str, *, concurrency: int = 1,
         app.worker_main([
             "worker", "--queues", spec.queue, "--concurrency", str(concurrency),
             "--pool", "prefork", "--hostname", f"{spec.id}@%h", "--loglevel", loglevel,
-            "--without-gossip", "--without-mingle", "--task-events",
+            "--without-gossip", "--without-mingle",
         ])
         failure = Path(fail.name).read_text()
     if failure:
