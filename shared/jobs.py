@@ -7,7 +7,7 @@ import uuid
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class JobStatus(StrEnum):
@@ -42,6 +42,9 @@ class JobError(BaseModel):
 
 
 class JobMetrics(BaseModel):
+    # Backends may report more than these (e.g. frames decoded); keep what they send.
+    model_config = ConfigDict(extra="allow")
+
     queue_seconds: float | None = None
     run_seconds: float | None = None
     prompt_tokens: int | None = None

@@ -126,3 +126,11 @@ def test_list_filters_newest_first(store):
     assert [j.id for j in store.list(model="a")] == [jobs[2].id, jobs[0].id]
     assert [j.id for j in store.list(status="queued", model="a")] == [jobs[0].id]
     assert len(store.list(limit=1)) == 1
+
+
+def test_backend_specific_metrics_are_kept(store):
+    job = queued(store)
+    store.claim(job.id, "w1", lease_s=5, max_deliveries=3)
+    store.mark_succeeded(job.id, {"text": ""}, {"completion_tokens": 2, "frames_decoded": 16})
+    metrics = store.get(job.id).metrics.model_dump()
+    assert metrics["frames_decoded"] == 16 and metrics["completion_tokens"] == 2
