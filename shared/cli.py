@@ -48,7 +48,7 @@ def main() -> None:
 def up(models, host, port, data_dir, redis_url, flower, flower_port) -> None:
     """Run the whole stack on this machine: Redis, web, workers (and Flower)."""
     from shared.registry import load_registry
-    from shared.supervisor import Stack, StackConfig, StartupFailed
+    from shared.supervisor import Interrupted, Stack, StackConfig, StartupFailed
 
     settings = _settings(data_dir=data_dir)
     setup_logging(settings.log_level)
@@ -61,10 +61,8 @@ def up(models, host, port, data_dir, redis_url, flower, flower_port) -> None:
     stack = Stack(StackConfig(models=models, host=host, port=port, data_dir=settings.data_dir,
                               redis_url=redis_url, flower=flower, flower_port=flower_port))
 
-    def _stop(signum, _frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stack.request_stop())
     try:
         stack.start()
         chat = next((m for m in models if "chat" in registry.get(m).tasks), None)
@@ -74,8 +72,9 @@ def up(models, host, port, data_dir, redis_url, flower, flower_port) -> None:
         stack.stop()
         click.echo(f"conveyor up: {exc}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("\nconveyor: stopping...", err=True)
+    except Interrupted:
+        pass
+    click.echo("\nconveyor: stopping...", err=True)
     stack.stop()
 
 

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,10 @@ from shared.redis_server import find_redis_server, free_port, redis_command
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
+
+
+class Interrupted(Exception):
+    """A stop was requested (Ctrl-C, SIGTERM) while the stack was starting."""
 
 
 class StartupFailed(Exception):
@@ -96,7 +101,8 @@ class Stack:
         self.logs = self.data_dir / "logs"
         self.children: list[Child] = []
         self.redis_url = cfg.redis_url
-        self._stopping = False
+        # Set from signal handlers; checked between steps so no signal interrupts a spawn.
+        self._stop = threading.Event()
 
     # building
     def _env(self) -> dict[str, str]:
@@ -186,28 +192,32 @@ class Stack:
                 raise StartupFailed(f"{child.name} was not ready within "
                                     f"{self.cfg.startup_timeout_s:.0f} s; last lines of "
                                     f"{child.log_path}:\n{child.tail()}")
-            time.sleep(0.2)
+            if self._stop.wait(0.2):
+                raise Interrupted(f"stopped while {child.name} was starting")
         log.info("%s ready (pid %s)", child.name, child.proc.pid)
 
+    def request_stop(self) -> None:
+        """Ask supervise() or start() to return; safe to call from a signal handler."""
+        self._stop.set()
+
     def supervise(self, *, poll_s: float = 0.5) -> None:
-        """Restart children that die, with backoff, until stop() is called."""
-        while not self._stopping:
+        """Restart children that die, with backoff, until request_stop() is called."""
+        while not self._stop.wait(poll_s):
             for child in self.children:
-                if child.alive() or not child.restart or self._stopping:
+                if child.alive() or not child.restart:
                     continue
                 now = time.monotonic()
                 child.restarts = [t for t in child.restarts if now - t < 60] + [now]
                 delay = min(30.0, 0.5 * 2 ** (len(child.restarts) - 1))
                 log.warning("%s exited with code %s; restarting in %.1fs",
                             child.name, child.proc.returncode, delay)
-                time.sleep(delay)
-                if not self._stopping:
-                    child.start()
-            time.sleep(poll_s)
+                if self._stop.wait(delay):
+                    return
+                child.start()
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop every child: SIGTERM to each process group, SIGKILL after grace_s."""
-        self._stopping = True
+        self._stop.set()
         for child in reversed(self.children):
             child.signal(signal.SIGTERM)
         deadline = time.monotonic() + grace_s
@@ -219,7 +229,8 @@ class Stack:
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop in time; killing it", child.name)
             child.signal(signal.SIGKILL)
-            child.proc.wait()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.proc.wait(5)
 
 
 def _safe(fn: Callable, default=False):

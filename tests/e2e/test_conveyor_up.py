@@ -43,6 +43,13 @@ def read_until(proc, needle: str, timeout: float = 180) -> str:
     pytest.fail(f"never saw {needle!r}; output:\n{''.join(seen)}")
 
 
+def cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:  # gone or a zombie by now
+        return []
+
+
 def descendants(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)
@@ -87,10 +94,10 @@ def test_up_serves_restarts_and_stops_cleanly(tmp_path):
         models = requests.get(f"{base}/v1/models", timeout=5).json()["data"]
         assert {m["id"]: m["workers_online"] for m in models}["echo"] == 1
         worker = next(p for p in descendants(proc.pid)
-                      if "worker" in p.cmdline() and "echo" in p.cmdline())
+                      if "worker" in cmdline(p) and "echo" in cmdline(p))
         for p in [worker, *worker.children(recursive=True)]:
             p.kill()
-        wait_for(lambda: any("worker" in p.cmdline() and "echo" in p.cmdline()
+        wait_for(lambda: any("worker" in cmdline(p) and "echo" in cmdline(p)
                              and p.pid != worker.pid for p in descendants(proc.pid)),
                  30, what="the echo worker to be restarted")
         rec = requests.post(f"{base}/v1/jobs", headers={"Prefer": "wait=60"}, timeout=70,
@@ -102,10 +109,22 @@ def test_up_serves_restarts_and_stops_cleanly(tmp_path):
         assert len(children) >= 5  # redis, gunicorn + its workers, two celery workers + pools
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(60)
+        tail, _ = proc.communicate(timeout=60)  # drains the pipe while it stops
+    assert proc.returncode == 0, tail
+    assert "conveyor: stopping" in tail
     time.sleep(0.5)
     alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"orphans left behind: {[p.cmdline() for p in alive]}"
+    assert not stack_processes(tmp_path)
+
+
+def test_ctrl_c_while_starting_stops_everything(tmp_path):
+    proc = start_up(["--model", "smollm2-135m", "--port", str(free_port())], tmp_path)
+    read_until(proc, "starting worker-smollm2-135m")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "conveyor: stopping" in out
     assert not stack_processes(tmp_path)
 
 
