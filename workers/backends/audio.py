@@ -15,11 +15,11 @@ from transformers import StoppingCriteriaList
 
 from shared.errors import InputRejected
 from shared.inputs import ChatInput, TranscribeInput
-from workers.backends.base import Backend, JobContext, Result
+from workers.backends.base import JobContext, Result
 from workers.backends.hf_generation import StopWhenAsked, generate, to_device
 from workers.backends.hf_loading import (
+    HFBackend,
     cap_address_space,
-    describe,
     greedy_token,
     input_device,
     load_model,
@@ -34,19 +34,7 @@ WHISPER_WINDOW_S = 30  # Whisper sees 30 s at a time; longer audio goes window b
 TRANSCRIBE_PROMPT = "Transcribe the speech in this audio."
 
 
-class _HFBackend(Backend):
-    def health(self) -> dict[str, Any]:
-        info = super().health()
-        if self.loaded:
-            info.update(describe(self.model, self.spec))
-        return info
-
-    def close(self) -> None:
-        self.model = self.processor = None
-        super().close()
-
-
-class WhisperBackend(_HFBackend):
+class WhisperBackend(HFBackend):
     tasks = ("transcribe",)
 
     def load(self) -> None:
@@ -122,7 +110,7 @@ class WhisperBackend(_HFBackend):
         return text, sum(1 for t in tokens.tolist() if t not in special)
 
 
-class QwenAudioBackend(_HFBackend):
+class QwenAudioBackend(HFBackend):
     """Qwen2-Audio: chat with audio parts, and transcription as a fixed instruction."""
 
     tasks = ("chat", "transcribe")

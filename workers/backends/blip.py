@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import torch
 from transformers import StoppingCriteriaList
 
 from shared.inputs import VqaInput
-from workers.backends.base import Backend, JobContext, Result
+from workers.backends.base import JobContext, Result
 from workers.backends.hf_generation import StopWhenAsked, to_device
 from workers.backends.hf_loading import (
+    HFBackend,
     cap_address_space,
-    describe,
     input_device,
     load_model,
     typed_out_of_memory,
@@ -25,7 +24,7 @@ from workers.decoding import decode_image
 DEFAULT_MAX_TOKENS = 20
 
 
-class BlipVqaBackend(Backend):
+class BlipVqaBackend(HFBackend):
     tasks = ("vqa",)
 
     def load(self) -> None:
@@ -46,16 +45,6 @@ class BlipVqaBackend(Backend):
                                return_tensors="pt")
         batch = to_device(dict(batch), input_device(self.model), self.model.dtype)
         self.model.generate(**batch, max_new_tokens=1)
-
-    def health(self) -> dict[str, Any]:
-        info = super().health()
-        if self.loaded:
-            info.update(describe(self.model, self.spec))
-        return info
-
-    def close(self) -> None:
-        self.model = self.processor = None
-        super().close()
 
     def vqa(self, inputs: VqaInput, ctx: JobContext) -> Result:
         """Answer a question about an image."""

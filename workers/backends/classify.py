@@ -9,10 +9,10 @@ from typing import Any
 import torch
 
 from shared.inputs import ClassifyInput
-from workers.backends.base import Backend, JobContext, Result
+from workers.backends.base import JobContext, Result
 from workers.backends.hf_loading import (
+    HFBackend,
     cap_address_space,
-    describe,
     input_device,
     load_model,
     typed_out_of_memory,
@@ -25,7 +25,7 @@ DEFAULT_BATCH = 32
 HEADS = ["classifier", "score", "out_proj"]
 
 
-class ClassifierBackend(Backend):
+class ClassifierBackend(HFBackend):
     tasks = ("classify",)
 
     def load(self) -> None:
@@ -51,12 +51,8 @@ class ClassifierBackend(Backend):
     def health(self) -> dict[str, Any]:
         info = super().health()
         if self.loaded:
-            info.update(describe(self.model, self.spec), labels=self.labels)
+            info["labels"] = self.labels
         return info
-
-    def close(self) -> None:
-        self.model = self.tokenizer = None
-        super().close()
 
     def classify(self, inputs: ClassifyInput, ctx: JobContext) -> Result:
         """Score every label for each text; batches are cancellable between them."""

@@ -21,6 +21,7 @@ import torch
 
 from shared.errors import ModelNotAvailable
 from shared.registry import ModelSpec, resolve_source
+from workers.backends.base import Backend
 
 log = logging.getLogger(__name__)
 
@@ -190,3 +191,24 @@ def empty_device_cache() -> None:
     """Return cached CUDA blocks to the driver (no-op on CPU)."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+class HFBackend(Backend):
+    """A transformers backend: health describes the loaded model, close drops it."""
+
+    model = None
+    # Everything besides the model that holds weights or big tables; dropped on close().
+    companions = ("processor", "tokenizer", "inputs")
+
+    def health(self) -> dict[str, Any]:
+        info = super().health()
+        if self.loaded:
+            info.update(describe(self.model, self.spec))
+        return info
+
+    def close(self) -> None:
+        self.model = None
+        for name in self.companions:
+            if hasattr(self, name):
+                setattr(self, name, None)
+        super().close()

@@ -8,11 +8,11 @@ from typing import Any
 
 from shared.errors import InputRejected
 from shared.inputs import ChatInput, CompleteInput
-from workers.backends.base import Backend, JobContext, Result
+from workers.backends.base import JobContext, Result
 from workers.backends.hf_generation import generate, to_device
 from workers.backends.hf_loading import (
+    HFBackend,
     cap_address_space,
-    describe,
     greedy_token,
     input_device,
     load_model,
@@ -23,7 +23,7 @@ from workers.backends.hf_loading import (
 log = logging.getLogger(__name__)
 
 
-class TransformersTextBackend(Backend):
+class TransformersTextBackend(HFBackend):
     tasks = ("chat", "complete")
 
     def load(self) -> None:
@@ -47,16 +47,6 @@ class TransformersTextBackend(Backend):
         warm_up(self.spec, lambda: greedy_token(self.model, self.tokenizer))
         cap_address_space(self.spec)
         self.loaded = True
-
-    def health(self) -> dict[str, Any]:
-        info = super().health()
-        if self.loaded:
-            info.update(describe(self.model, self.spec))
-        return info
-
-    def close(self) -> None:
-        self.model = self.tokenizer = None
-        super().close()
 
     def _encode(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         if self.tokenizer.chat_template:

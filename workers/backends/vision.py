@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from shared.inputs import ChatInput
-from workers.backends.base import Backend, JobContext, Result
+from workers.backends.base import JobContext, Result
 from workers.backends.hf_generation import generate, to_device
 from workers.backends.hf_loading import (
+    HFBackend,
     cap_address_space,
-    describe,
     greedy_token,
     input_device,
     load_model,
@@ -23,7 +22,7 @@ from workers.decoding import decode_audio, decode_image, decode_video
 log = logging.getLogger(__name__)
 
 
-class QwenVisionBackend(Backend):
+class QwenVisionBackend(HFBackend):
     """Chat with images and videos as content parts (or input.image/images/video)."""
 
     tasks = ("chat",)
@@ -46,16 +45,6 @@ class QwenVisionBackend(Backend):
         from transformers import AutoModelForImageTextToText
 
         return load_model(AutoModelForImageTextToText, self.spec, path)
-
-    def health(self) -> dict[str, Any]:
-        info = super().health()
-        if self.loaded:
-            info.update(describe(self.model, self.spec))
-        return info
-
-    def close(self) -> None:
-        self.model = self.inputs = self.tokenizer = None
-        super().close()
 
     def chat(self, inputs: ChatInput, ctx: JobContext) -> Result:
         """Answer a chat whose user turns may hold media parts."""
