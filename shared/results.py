@@ -118,8 +118,10 @@ class ResultStore:
     def queue_depth(self, model: str) -> int:
         """Return how many jobs of a model wait for a worker."""
         key = self.queued_key(model)
-        self.r.zremrangebyscore(key, "-inf", now() - self.ttl_s)
-        return self.r.zcard(key)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zremrangebyscore(key, "-inf", now() - self.ttl_s)
+        pipe.zcard(key)
+        return pipe.execute()[1]
 
     def queue_position(self, job: JobRecord) -> int | None:
         """Return the 0-based place of a queued job among its model's queued jobs."""
@@ -154,6 +156,12 @@ class ResultStore:
 
     def claim(self, job_id: str, worker: str, *, lease_s: float, max_deliveries: int) -> Claim:
         """Take a delivered job for a worker: start it, or say why not."""
+        return self.claim_job(job_id, worker, lease_s=lease_s, max_deliveries=max_deliveries)[0]
+
+    def claim_job(
+        self, job_id: str, worker: str, *, lease_s: float, max_deliveries: int
+    ) -> tuple[Claim, JobRecord | None]:
+        """Like claim(), and also return the record as the claim left it."""
         outcome: Claim = Claim.DONE
 
         def apply(rec: JobRecord, pipe) -> JobRecord | None:
@@ -199,8 +207,8 @@ class ResultStore:
                     "status": "failed", "at": rec.completed_at, "error": rec.error.model_dump(),
                 })
 
-        self._update(job_id, apply, extra)
-        return outcome
+        record = self._update(job_id, apply, extra)
+        return outcome, record
 
     def renew_lease(self, job_id: str, worker: str, lease_s: float) -> bool:
         """Extend our lease on a running job; False when it is no longer ours."""

@@ -127,7 +127,8 @@ class WebhookNotifier:
 
     def started(self, job: JobRecord) -> None:
         """A worker claimed the job (one `start` per attempt)."""
-        self._queue(job, "start", f"msg_{job.id}_start_{job.attempts}", job.public())
+        if _wants(job, "start"):  # most jobs have no webhook: skip building the body
+            self._queue(job, "start", f"msg_{job.id}_start_{job.attempts}", job.public())
 
     def output(self, job: JobRecord, partial: Callable[[], dict[str, Any]]) -> None:
         """New tokens or progress: queue an `output` event, at most one per interval."""
@@ -147,7 +148,8 @@ class WebhookNotifier:
         if job is None or not job.status.is_terminal():
             return
         self._last_output.pop(job.id, None)
-        self._queue(job, "completed", f"msg_{job.id}_completed", job.public())
+        if _wants(job, "completed"):
+            self._queue(job, "completed", f"msg_{job.id}_completed", job.public())
 
     def forget(self, job_id: str) -> None:
         """Drop a job's throttle state (its worker is done with it)."""

@@ -153,15 +153,14 @@ class WorkerRuntime:
     # jobs
     def execute(self, job_id: str, soft_limit_s: float | None = None) -> str:
         """Run one delivered job through the result store; return what happened."""
-        claim = self.store.claim(job_id, self.worker_id, lease_s=self.settings.lease_s,
-                                 max_deliveries=self.settings.max_deliveries)
+        claim, job = self.store.claim_job(job_id, self.worker_id, lease_s=self.settings.lease_s,
+                                          max_deliveries=self.settings.max_deliveries)
         if claim != Claim.RUN:
             log.info("job %s model %s: delivery dropped (%s)", job_id, self.spec.id, claim)
             if claim in (Claim.DONE, Claim.LOST, Claim.EXPIRED):
                 self.payloads.delete(job_id)
-                self.notifier.ended(self.store.get(job_id))
+                self.notifier.ended(job)
             return claim.value
-        job = self.store.get(job_id)
         self.notifier.started(job)
         self.current_job = job_id
         log.info("job %s model %s: running (attempt %s)", job_id, job.model, job.attempts)
