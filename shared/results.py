@@ -164,12 +164,12 @@ class ResultStore:
         """Like claim(), and also return the record as the claim left it."""
         outcome: Claim = Claim.DONE
 
-        def apply(rec: JobRecord, pipe) -> JobRecord | None:
+        def apply(rec: JobRecord, leased: bool) -> JobRecord | None:
             nonlocal outcome
             if rec.status.is_terminal():
                 outcome = Claim.DONE
                 return None
-            if rec.status == JobStatus.RUNNING and pipe.exists(self.lease_key(job_id)):
+            if rec.status == JobStatus.RUNNING and leased:
                 outcome = Claim.DUPLICATE
                 return None
             if rec.queue_expired(now()):
@@ -218,9 +218,9 @@ class ResultStore:
         """Put a running job whose lease expired back to queued; True if this call did it."""
         done = False
 
-        def apply(rec: JobRecord, pipe) -> JobRecord | None:
+        def apply(rec: JobRecord, leased: bool) -> JobRecord | None:
             nonlocal done
-            if rec.status != JobStatus.RUNNING or pipe.exists(self.lease_key(job_id)):
+            if rec.status != JobStatus.RUNNING or leased:
                 return None
             done = True
             rec.status = JobStatus.QUEUED
@@ -281,7 +281,7 @@ class ResultStore:
     def set_notice(self, job_id: str, notice: str | None) -> None:
         """Attach a human note to a live job (e.g. no worker online)."""
 
-        def apply(rec: JobRecord, pipe) -> JobRecord | None:
+        def apply(rec: JobRecord, leased: bool) -> JobRecord | None:
             if rec.status.is_terminal() or rec.notice == notice:
                 return None
             rec.notice = notice
@@ -291,7 +291,7 @@ class ResultStore:
 
     def update(self, job_id: str, fn: Callable[[JobRecord], bool]) -> JobRecord | None:
         """Apply fn to a record atomically; fn returns True when it changed something."""
-        return self._update(job_id, lambda rec, pipe: rec if fn(rec) else None)
+        return self._update(job_id, lambda rec, _leased: rec if fn(rec) else None)
 
     # events
     def add_event(
@@ -335,21 +335,17 @@ class ResultStore:
     def wait(self, job_id: str, timeout_s: float) -> JobRecord | None:
         """Block until the job ends or timeout_s passes; return the latest record."""
         deadline = time.monotonic() + timeout_s
-        last = "0-0"
-        while True:
-            rec = self.get(job_id)
-            if rec is None or rec.status.is_terminal() or time.monotonic() >= deadline:
-                return rec
-            # Read the record again only once it ended, a read timed out, or the time is up:
-            # not once per token, nor for the `running` step on the way.
-            while (left := deadline - time.monotonic()) > 0:
-                events = self.read_events(job_id, last, block_ms=max(1, int(min(left, 5) * 1000)))
-                if not events:
-                    break
+        # Every job's log starts with its `queued` event, so the log alone tells whether it
+        # ended; the record is read once, at the end, not once per token or step.
+        events = self.read_events(job_id, "0-0")
+        if not events:
+            return self.get(job_id)  # unknown or expired
+        last = events[-1][0]
+        while not _ended(events) and (left := deadline - time.monotonic()) > 0:
+            events = self.read_events(job_id, last, block_ms=max(1, int(min(left, 5) * 1000)))
+            if events:
                 last = events[-1][0]
-                if any(name == "status" and data.get("status") in TERMINAL
-                       for _id, name, data in events):
-                    break
+        return self.get(job_id)
 
     def iter_events(self, job_id: str, after: str, *, idle_s: float) -> Iterator[tuple]:
         """Yield events after an id; yield None after idle_s with nothing new."""
@@ -384,7 +380,7 @@ class ResultStore:
     ) -> JobRecord:
         state = {}
 
-        def apply(rec: JobRecord, pipe) -> JobRecord | None:
+        def apply(rec: JobRecord, leased: bool) -> JobRecord | None:
             if rec.status.is_terminal():
                 state["from"] = rec.status
                 return None
@@ -412,19 +408,24 @@ class ResultStore:
         return rec
 
     def _update(self, job_id: str, apply, extra=None) -> JobRecord | None:
-        """Read-modify-write a record under WATCH; return the latest record or None."""
+        """Read-modify-write a record under WATCH; return the latest record or None.
+
+        apply(record, leased) returns the new record, or None to leave it as it is;
+        extra(new, pipe) queues more commands into the same MULTI.
+        """
         self.flush_events()  # a job's token events land before the status they lead to
         key = self.job_key(job_id)
         with self.r.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(key, self.lease_key(job_id))
-                    raw = pipe.get(key)
+                    # One read for the record and whether a worker holds a lease on it.
+                    raw, lease = pipe.mget(key, self.lease_key(job_id))
                     if not raw:
                         pipe.reset()
                         return None
                     rec = JobRecord.model_validate_json(raw)
-                    new = apply(rec, pipe)
+                    new = apply(rec, lease is not None)
                     if new is None:
                         pipe.reset()
                         return rec
@@ -438,3 +439,7 @@ class ResultStore:
                     return new
                 except redis.WatchError:
                     continue
+
+
+def _ended(events: list[tuple[str, str, dict]]) -> bool:
+    return any(name == "status" and data.get("status") in TERMINAL for _id, name, data in events)

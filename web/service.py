@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -22,6 +23,7 @@ from web.intake import Intake
 
 log = logging.getLogger(__name__)
 
+ONLINE_CACHE_S = 1.0
 NO_WORKER = "no worker is online for model {}; the job stays queued until one starts"
 
 
@@ -73,6 +75,20 @@ class JobService:
         self.notifier = WebhookNotifier(store.r, dispatcher.send_webhook,
                                         ttl_s=settings.result_ttl_s)
         self.created = int(now())  # OpenAI's model objects carry a creation time
+        self._online: dict[str, tuple[float, bool]] = {}
+
+    def _worker_online(self, model: str) -> bool:
+        """Return whether a worker serves the model; looked up at most once a second.
+
+        The answer only sets a job's advisory notice, so a second's lag beats two Redis
+        round trips on every submit.
+        """
+        t = time.monotonic()
+        cached = self._online.get(model)
+        if cached is None or t - cached[0] > ONLINE_CACHE_S:
+            cached = (t, bool(self.fleet.workers(model)))
+            self._online[model] = cached
+        return cached[1]
 
     def submit(self, req: JobRequest, files: dict[str, list[bytes]] | None = None) -> JobRecord:
         """Create and queue a job.
@@ -107,7 +123,7 @@ class JobService:
             priority=req.priority, timeout_s=self._timeout(req.timeout_s, spec),
             queue_timeout_s=req.queue_timeout_s, webhook=webhook,
         )
-        if not self.fleet.workers(spec.id):
+        if not self._worker_online(spec.id):
             job.notice = NO_WORKER.format(spec.id)
         self.store.create(job)
         try:
