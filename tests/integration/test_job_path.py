@@ -196,3 +196,22 @@ def test_data_url_media_is_stored_and_cleaned(stack):
     assert rec["input"]["audio"]["media_type"] == "audio/wav"
     app_payloads = stack.application.extensions["conveyor"].payloads
     assert rec["id"] not in app_payloads.job_ids()
+
+
+def test_cancel_stops_a_constrained_llama_generation(stack):
+    """Tools and response formats stream too, so a cancel lands between tokens."""
+    schema = {"type": "object", "required": ["items"], "properties": {
+        "items": {"type": "array", "minItems": 300, "items": {"type": "string"}}}}
+    job = submit(stack, {"model": "smollm2-135m", "task": "chat", "input": {
+        "prompt": "List fruits.", "max_tokens": 1000, "temperature": 0.5,
+        "response_format": {"type": "json_object", "schema": schema}}}).get_json()
+    store = stack.application.extensions["conveyor"].store
+    wait_for(lambda: any(e == "token" for _i, e, _d in store.read_events(job["id"])), 60,
+             interval=0.05, what="the first constrained token")
+    t0 = time.monotonic()
+    stack.post(f"/v1/jobs/{job['id']}/cancel")
+    rec = poll(stack, job["id"], timeout=10)
+    assert rec["status"] == "canceled"
+    assert time.monotonic() - t0 < 2.0
+    assert rec["output"]["text"].startswith("{")
+    assert 0 < rec["metrics"]["completion_tokens"] < 1000

@@ -94,35 +94,26 @@ class LlamaCppBackend(Backend):
                     raise InputRejected(f"model {self.spec.id} takes text only")
                 m["content"] = "".join(p.get("text", "") for p in m["content"])
         params = self._params(inputs)
-        if inputs.tools or inputs.response_format:
-            return self._chat_once(messages, params, inputs)
-        stream = self.llm.create_chat_completion(messages=messages, stream=True, **params)
-        return self._consume(stream, ctx, lambda c: c["choices"][0]["delta"].get("content"))
-
-    def _chat_once(self, messages, params, inputs: ChatInput) -> Result:
-        t0 = time.perf_counter()
+        deltas = _ChatDeltas()
         try:
-            resp = self.llm.create_chat_completion(
-                messages=messages, tools=inputs.tools, tool_choice=inputs.tool_choice,
-                response_format=inputs.response_format, **params,
+            # Streamed even with tools or a response format, so a cancel or deadline stops
+            # it between tokens like any other chat.
+            stream = self.llm.create_chat_completion(
+                messages=messages, stream=True, tools=inputs.tools,
+                tool_choice=inputs.tool_choice, response_format=inputs.response_format, **params,
             )
-        except ValueError as exc:  # prompt over n_ctx, or a schema llama.cpp cannot use
+        except ValueError as exc:  # a schema or tool choice llama.cpp cannot use
             raise InputRejected(f"llama.cpp rejected the request: {exc}") from None
-        elapsed = time.perf_counter() - t0
-        choice = resp["choices"][0]
-        msg = choice["message"]
-        output = {"text": msg.get("content") or "", "finish_reason": choice["finish_reason"]}
-        if msg.get("tool_calls"):
-            output["tool_calls"] = msg["tool_calls"]
-        usage = resp.get("usage") or {}
-        return Result(output, _metrics(usage.get("prompt_tokens"),
-                                       usage.get("completion_tokens") or 0, elapsed))
+        result = self._consume(stream, ctx, deltas)
+        if deltas.tool_calls:
+            result.output["tool_calls"] = [deltas.tool_calls[i] for i in sorted(deltas.tool_calls)]
+        return result
 
     def complete(self, inputs: CompleteInput, ctx: JobContext) -> Result:
         """Continue a raw prompt."""
         params = self._params(inputs)
         stream = self.llm.create_completion(prompt=inputs.prompt, stream=True, **params)
-        result = self._consume(stream, ctx, lambda c: c["choices"][0].get("text"))
+        result = self._consume(stream, ctx, _completion_delta)
         result.metrics["prompt_tokens"] = self._count_prompt(inputs.prompt)
         return result
 
@@ -135,11 +126,11 @@ class LlamaCppBackend(Backend):
         try:
             first = _first(stream)
             for chunk in first:
-                text = delta_of(chunk)
+                text, produced = delta_of(chunk)
                 if text:
                     parts.append(text)
                     ctx.token(text)
-                    completion += 1
+                completion += produced
                 finish = chunk["choices"][0].get("finish_reason") or finish
                 if ctx.should_stop():
                     finish = "canceled" if ctx.canceled else "timeout"
@@ -151,6 +142,32 @@ class LlamaCppBackend(Backend):
         prompt = max(0, self.llm.n_tokens - completion)
         output = {"text": "".join(parts), "finish_reason": finish or "stop"}
         return Result(output, _metrics(prompt, completion, elapsed))
+
+
+def _completion_delta(chunk) -> tuple[str | None, bool]:
+    text = chunk["choices"][0].get("text")
+    return text, bool(text)
+
+
+class _ChatDeltas:
+    """Read a streamed chat answer: text deltas, and tool-call fragments merged by index."""
+
+    def __init__(self) -> None:
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+
+    def __call__(self, chunk) -> tuple[str | None, bool]:
+        """Return (text delta, whether the chunk carried a generated token)."""
+        delta = chunk["choices"][0].get("delta") or {}
+        calls = delta.get("tool_calls") or []
+        for call in calls:
+            fn = call.get("function") or {}
+            slot = self.tool_calls.setdefault(call.get("index", 0), {
+                "id": call.get("id"), "type": "function",
+                "function": {"name": fn.get("name") or "", "arguments": ""},
+            })
+            slot["function"]["arguments"] += fn.get("arguments") or ""
+        text = delta.get("content")
+        return text, bool(text) or bool(calls)
 
 
 def _first(stream):
