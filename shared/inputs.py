@@ -29,6 +29,9 @@ class Message(BaseModel):
     content: str | list[dict[str, Any]] | None = None
 
 
+SAMPLING_DEFAULTS = {"temperature": 0.7, "top_p": 0.95, "top_k": 40, "repeat_penalty": 1.1}
+
+
 class Sampling(_Input):
     """Sampling fields, named as OpenAI names them, plus llama.cpp's extras."""
 
@@ -42,16 +45,23 @@ class Sampling(_Input):
     stream: bool | None = Field(None, description="Token events on the job's event stream.")
 
     def generation_params(self, spec: ModelSpec) -> dict[str, Any]:
-        """Return the sampling parameters a runtime takes, defaults filled in."""
+        """Return the sampling parameters a runtime takes: the request's, else the model's
+        registry defaults (`options.sampling`), else conveyor's."""
+        defaults = {**SAMPLING_DEFAULTS, **(spec.options.get("sampling") or {})}
+
+        def pick(name: str):
+            value = getattr(self, name)
+            return defaults[name] if value is None else value
+
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         return {
             "max_tokens": self.max_tokens or min(256, spec.limits.max_tokens),
-            "temperature": 0.7 if self.temperature is None else self.temperature,
-            "top_p": 0.95 if self.top_p is None else self.top_p,
-            "top_k": 40 if self.top_k is None else self.top_k,
+            "temperature": pick("temperature"),
+            "top_p": pick("top_p"),
+            "top_k": pick("top_k"),
             "stop": stop,
             "seed": self.seed,
-            "repeat_penalty": 1.1 if self.repeat_penalty is None else self.repeat_penalty,
+            "repeat_penalty": pick("repeat_penalty"),
         }
 
 

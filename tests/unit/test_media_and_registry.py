@@ -112,3 +112,16 @@ def test_settings_errors_never_echo_secrets(monkeypatch):
 def test_empty_variables_mean_unset(monkeypatch):
     monkeypatch.setenv("CONVEYOR_WORKER_MAX_MEMORY_MB", "")
     assert Settings().worker_max_memory_mb is None
+
+
+def test_sampling_defaults_come_from_the_request_then_the_model_then_conveyor():
+    from shared.inputs import ChatInput
+    from shared.registry import ModelSpec
+
+    spec = ModelSpec(id="m", backend="llamacpp", tasks=["chat"],
+                     options={"sampling": {"temperature": 0, "top_k": 5}})
+    plain = ModelSpec(id="p", backend="llamacpp", tasks=["chat"])
+    params = ChatInput(prompt="hi").generation_params(spec)
+    assert params["temperature"] == 0 and params["top_k"] == 5 and params["top_p"] == 0.95
+    assert ChatInput(prompt="hi", temperature=0.9).generation_params(spec)["temperature"] == 0.9
+    assert ChatInput(prompt="hi").generation_params(plain)["temperature"] == 0.7
