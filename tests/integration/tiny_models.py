@@ -96,9 +96,8 @@ def _save(model, tokenizer, out: Path, *extra) -> Path:
     return out
 
 
-def build_qwen2_vl(out: Path) -> Path:
-    """A Qwen2-VL with a 1-layer vision tower and a 2-layer text model."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+def _qwen_vl(config_cls, model_cls, vision_config: dict, out: Path) -> Path:
+    """A Qwen VL model with a 2-layer text model and the given tiny vision tower."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
         Qwen2VLImageProcessorPil,
     )
@@ -108,7 +107,7 @@ def build_qwen2_vl(out: Path) -> Path:
     fast = _fast(tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     fast.chat_template = QWEN_VL_TEMPLATE
     torch.manual_seed(0)
-    config = Qwen2VLConfig(
+    config = config_cls(
         text_config=dict(
             vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -117,44 +116,30 @@ def build_qwen2_vl(out: Path) -> Path:
                              "rope_theta": 10000.0},
             eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
         ),
-        vision_config=dict(depth=1, embed_dim=64, hidden_size=64, num_heads=2, mlp_ratio=2),
+        vision_config=vision_config,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
-    model = Qwen2VLForConditionalGeneration(config)
+    model = model_cls(config)
     images = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
     return _save(model, fast, out, images)
+
+
+def build_qwen2_vl(out: Path) -> Path:
+    """A Qwen2-VL with a 1-layer vision tower and a 2-layer text model."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    vision = dict(depth=1, embed_dim=64, hidden_size=64, num_heads=2, mlp_ratio=2)
+    return _qwen_vl(Qwen2VLConfig, Qwen2VLForConditionalGeneration, vision, out)
 
 
 def build_qwen25_vl(out: Path) -> Path:
     """A Qwen2.5-VL (windowed vision tower, timed video positions), as tiny as Qwen2-VL's."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil,
-    )
 
-    tok = byte_bpe(QWEN_VL_SPECIALS)
-    ids = {t: tok.token_to_id(t) for t in QWEN_VL_SPECIALS}
-    fast = _fast(tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    fast.chat_template = QWEN_VL_TEMPLATE
-    torch.manual_seed(0)
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
-            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=4096, bos_token_id=None,
-            rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
-                             "rope_theta": 10000.0},
-            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-        ),
-        vision_config=dict(depth=1, hidden_size=64, intermediate_size=128, num_heads=2,
-                           out_hidden_size=64, fullatt_block_indexes=[0], window_size=112),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-    )
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    images = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
-    return _save(model, fast, out, images)
+    vision = dict(depth=1, hidden_size=64, intermediate_size=128, num_heads=2,
+                  out_hidden_size=64, fullatt_block_indexes=[0], window_size=112)
+    return _qwen_vl(Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, vision, out)
 
 
 def build_blip_vqa(out: Path) -> Path:
