@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shared.errors import InvalidInput
+from shared.errors import InputRejected, InvalidInput
 from shared.registry import ModelSpec
 
 
@@ -95,6 +95,22 @@ class ChatInput(Sampling, _Media):
         if system and not any(m["role"] == "system" for m in msgs):
             msgs.insert(0, {"role": "system", "content": system})
         return msgs
+
+
+    def text_messages(self, model: str, default_system: str | None = None) -> list[dict]:
+        """Return chat_messages() with every content flattened to text, for text-only models.
+
+        :raises InputRejected: when the request carries media.
+        """
+        if self.image or self.images or self.audio or self.video:
+            raise InputRejected(f"model {model} takes text only; it got media")
+        messages = self.chat_messages(default_system)
+        for m in messages:
+            if isinstance(m.get("content"), list):
+                if any(p.get("type") != "text" for p in m["content"]):
+                    raise InputRejected(f"model {model} takes text only")
+                m["content"] = "".join(p.get("text", "") for p in m["content"])
+        return messages
 
 
 class CompleteInput(Sampling):

@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from shared.errors import InputRejected
 from shared.inputs import ChatInput, CompleteInput
 from workers.backends.base import JobContext, Result
 from workers.backends.hf_generation import generate, to_device
@@ -59,14 +58,7 @@ class TransformersTextBackend(HFBackend):
 
     def chat(self, inputs: ChatInput, ctx: JobContext) -> Result:
         """Chat from OpenAI-style messages through the model's chat template."""
-        if inputs.image or inputs.images or inputs.audio or inputs.video:
-            raise InputRejected(f"model {self.spec.id} takes text only")
-        messages = inputs.chat_messages(self.spec.options.get("system_prompt"))
-        for m in messages:
-            if isinstance(m.get("content"), list):
-                if any(p.get("type") != "text" for p in m["content"]):
-                    raise InputRejected(f"model {self.spec.id} takes text only")
-                m["content"] = "".join(p.get("text", "") for p in m["content"])
+        messages = inputs.text_messages(self.spec.id, self.spec.options.get("system_prompt"))
         batch = to_device(dict(self._encode(messages)), input_device(self.model))
         return generate(self.model, self.tokenizer, batch, inputs.generation_params(self.spec),
                         ctx)

@@ -85,14 +85,7 @@ class LlamaCppBackend(Backend):
 
     def chat(self, inputs: ChatInput, ctx: JobContext) -> Result:
         """Chat from OpenAI-style messages; tools go to the chat handler."""
-        if any(getattr(inputs, f) for f in ("image", "images", "audio", "video")):
-            raise InputRejected(f"model {self.spec.id} takes text only; it got media")
-        messages = inputs.chat_messages(self.spec.options.get("system_prompt"))
-        for m in messages:
-            if isinstance(m.get("content"), list):
-                if any(p.get("type") != "text" for p in m["content"]):
-                    raise InputRejected(f"model {self.spec.id} takes text only")
-                m["content"] = "".join(p.get("text", "") for p in m["content"])
+        messages = inputs.text_messages(self.spec.id, self.spec.options.get("system_prompt"))
         params = self._params(inputs)
         deltas = _ChatDeltas()
         try:
