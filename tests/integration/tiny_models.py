@@ -12,7 +12,6 @@ fail on narrower layers (real checkpoints are far wider).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -96,11 +95,22 @@ def _save(model, tokenizer, out: Path, *extra) -> Path:
     return out
 
 
-def _qwen_vl(config_cls, model_cls, vision_config: dict, out: Path) -> Path:
-    """A Qwen VL model with a 2-layer text model and the given tiny vision tower."""
+# Pixel budgets of the tiny processors: 2x2 to 4x4 merged 28-pixel blocks per image or frame.
+TINY_PIXELS = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 16}
+
+
+def _vision_processors():
+    """The image and video processors of a Qwen vision checkpoint, with tiny budgets."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
         Qwen2VLImageProcessorPil,
     )
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    return Qwen2VLImageProcessorPil(**TINY_PIXELS), Qwen2VLVideoProcessor(**TINY_PIXELS)
+
+
+def _qwen_vl(config_cls, model_cls, processor_cls, vision_config: dict, out: Path) -> Path:
+    """A Qwen VL model with a 2-layer text model and the given tiny vision tower."""
 
     tok = byte_bpe(QWEN_VL_SPECIALS)
     ids = {t: tok.token_to_id(t) for t in QWEN_VL_SPECIALS}
@@ -121,25 +131,33 @@ def _qwen_vl(config_cls, model_cls, vision_config: dict, out: Path) -> Path:
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
     model = model_cls(config)
-    images = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
-    return _save(model, fast, out, images)
+    images, videos = _vision_processors()
+    processor = processor_cls(image_processor=images, video_processor=videos, tokenizer=fast,
+                              chat_template=QWEN_VL_TEMPLATE)
+    return _save(model, fast, out, processor)
 
 
 def build_qwen2_vl(out: Path) -> Path:
     """A Qwen2-VL with a 1-layer vision tower and a 2-layer text model."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
 
     vision = dict(depth=1, embed_dim=64, hidden_size=64, num_heads=2, mlp_ratio=2)
-    return _qwen_vl(Qwen2VLConfig, Qwen2VLForConditionalGeneration, vision, out)
+    return _qwen_vl(Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor, vision,
+                    out)
 
 
 def build_qwen25_vl(out: Path) -> Path:
     """A Qwen2.5-VL (windowed vision tower, timed video positions), as tiny as Qwen2-VL's."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+    )
 
     vision = dict(depth=1, hidden_size=64, intermediate_size=128, num_heads=2,
                   out_hidden_size=64, fullatt_block_indexes=[0], window_size=112)
-    return _qwen_vl(Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, vision, out)
+    return _qwen_vl(Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
+                    vision, out)
 
 
 def build_blip_vqa(out: Path) -> Path:
@@ -246,29 +264,21 @@ def build_qwen2_audio(out: Path) -> Path:
     return out
 
 
-def build_qwen25_omni_thinker(out: Path) -> Path:
-    """A Qwen2.5-Omni thinker (text output): tiny audio and vision towers, 2 text layers."""
-    from transformers import (
-        Qwen2_5OmniThinkerConfig,
-        Qwen2_5OmniThinkerForConditionalGeneration,
-        WhisperFeatureExtractor,
-    )
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil,
-    )
+# The tokens Qwen2.5-Omni's processor finds on its tokenizer by name.
+OMNI_TOKENS = {"image_token": "<|IMAGE|>", "video_token": "<|VIDEO|>", "audio_token": "<|AUDIO|>",
+               "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+               "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
 
-    tok = byte_bpe(QWEN_SPECIALS)
-    ids = {t: tok.token_to_id(t) for t in QWEN_SPECIALS}
-    fast = _fast(tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    fast.chat_template = QWEN_CHAT_TEMPLATE
-    torch.manual_seed(0)
-    config = Qwen2_5OmniThinkerConfig(
+
+def _omni_thinker_config(ids: dict[str, int], vocab_size: int) -> dict:
+    """A Qwen2.5-Omni thinker: tiny audio and vision towers, 2 text layers."""
+    return dict(
         audio_config=dict(num_mel_bins=128, encoder_layers=1, encoder_attention_heads=2,
                           encoder_ffn_dim=128, d_model=64, output_dim=64, n_window=100,
                           max_source_positions=1500),
         vision_config=dict(depth=1, hidden_size=64, intermediate_size=128, num_heads=2,
                            out_hidden_size=64, fullatt_block_indexes=[0], window_size=112),
-        text_config=dict(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
+        text_config=dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=4096,
                          rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
@@ -279,15 +289,85 @@ def build_qwen25_omni_thinker(out: Path) -> Path:
         audio_end_token_id=ids["<|audio_eos|>"], vision_start_token_id=ids["<|vision_bos|>"],
         user_token_id=ids["<|im_start|>"],
     )
+
+
+def _omni_processor(fast):
+    from transformers import Qwen2_5OmniProcessor, WhisperFeatureExtractor
+
+    images, videos = _vision_processors()
+    return Qwen2_5OmniProcessor(image_processor=images, video_processor=videos,
+                                feature_extractor=WhisperFeatureExtractor(feature_size=128),
+                                tokenizer=fast, chat_template=QWEN_CHAT_TEMPLATE)
+
+
+def _omni_tokenizer():
+    tok = byte_bpe(QWEN_SPECIALS)
+    fast = _fast(tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                 extra_special_tokens=OMNI_TOKENS)
+    fast.chat_template = QWEN_CHAT_TEMPLATE
+    return fast, {t: tok.token_to_id(t) for t in QWEN_SPECIALS}
+
+
+def build_qwen25_omni_thinker(out: Path) -> Path:
+    """A Qwen2.5-Omni thinker-only checkpoint (text output)."""
+    from transformers import (
+        Qwen2_5OmniThinkerConfig,
+        Qwen2_5OmniThinkerForConditionalGeneration,
+    )
+
+    fast, ids = _omni_tokenizer()
+    torch.manual_seed(0)
+    config = Qwen2_5OmniThinkerConfig(**_omni_thinker_config(ids, len(fast)))
     model = Qwen2_5OmniThinkerForConditionalGeneration(config)
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    _save(model, fast, out)
-    # Like the real checkpoint: one preprocessor_config.json holds the image processor's
-    # and the feature extractor's settings, each class reading its own keys.
-    images = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
-    merged = {**WhisperFeatureExtractor(feature_size=128).to_dict(), **images.to_dict()}
-    (out / "preprocessor_config.json").write_text(json.dumps(merged, indent=2))
+    return _save(model, fast, out, _omni_processor(fast))
+
+
+def build_qwen25_omni_full(out: Path) -> Path:
+    """A full Qwen2.5-Omni checkpoint, as the hub ships it: the thinker, the talker
+    (speech tokens) and token2wav (the vocoder), with tiny sizes throughout."""
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
+
+    fast, ids = _omni_tokenizer()
+    thinker = _omni_thinker_config(ids, len(fast))
+    talker = dict(
+        vocab_size=128, tts_text_start_token_id=ids["<|im_start|>"],
+        tts_text_end_token_id=ids["<|im_end|>"], tts_text_pad_token_id=ids["<|endoftext|>"],
+        tts_codec_start_token_id=120, tts_codec_end_token_id=121, tts_codec_pad_token_id=122,
+        tts_codec_mask_token_id=123, audio_token_index=ids["<|AUDIO|>"],
+        image_token_index=ids["<|IMAGE|>"], video_token_index=ids["<|VIDEO|>"],
+        vision_start_token_id=ids["<|vision_bos|>"], audio_start_token_id=ids["<|audio_bos|>"],
+        audio_end_token_id=ids["<|audio_eos|>"], vision_end_token_id=ids["<|vision_eos|>"],
+        embedding_size=64, hidden_size=64,
+        intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=32, max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "mrope_section": [4, 6, 6],
+                         "rope_theta": 10000.0},
+    )
+    token2wav = dict(
+        dit_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, ff_mult=2,
+                        emb_dim=32, head_dim=32, repeats=2, num_embeds=128, mel_dim=16,
+                        enc_emb_dim=32, enc_dim=32, enc_channels=[32, 32, 32, 32, 64],
+                        enc_kernel_sizes=[5, 3, 3, 3, 1], enc_dilations=[1, 2, 3, 4, 1],
+                        enc_attention_channels=16, enc_res2net_scale=2, enc_se_channels=16,
+                        look_ahead_layers=[1], look_backward_layers=[0]),
+        bigvgan_config=dict(mel_dim=16, upsample_initial_channel=32,
+                            resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3, 5]],
+                            upsample_rates=[4, 4], upsample_kernel_sizes=[8, 8]),
+    )
+    torch.manual_seed(0)
+    config = Qwen2_5OmniConfig(thinker_config=thinker, talker_config=talker,
+                               token2wav_config=token2wav, enable_audio_output=True)
+    model = Qwen2_5OmniForConditionalGeneration(config)
+    model.thinker.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    _save(model, fast, out, _omni_processor(fast))
+    # The voices of the talker, which Qwen2_5OmniForConditionalGeneration.from_pretrained
+    # reads from every full checkpoint.
+    voice = {"bos_token": 120, "cond": torch.randn(1, 32), "ref_mel": torch.randn(1, 30, 16)}
+    torch.save({"Chelsie": voice, "Ethan": voice}, out / "spk_dict.pt")
     return out
 
 
@@ -316,6 +396,7 @@ BUILDERS = {
     "tiny-whisper": build_whisper,
     "tiny-qwen2-audio": build_qwen2_audio,
     "tiny-qwen25-omni": build_qwen25_omni_thinker,
+    "tiny-qwen25-omni-full": build_qwen25_omni_full,
     "tiny-bert-classifier": build_bert_classifier,
 }
 

@@ -544,10 +544,14 @@ def test_worker_image_builds_llama_installs_torch_and_the_offline_models():
     stages = dockerfile_stages("Dockerfile.worker")
     assert len(stages) >= 2, "the worker image is multi-stage"
     assert "build-essential" in " ".join(instructions(stages[0], "RUN"))
-    assert {"TORCH_INDEX_URL", "TORCH_VERSION"} <= set(arg_defaults("Dockerfile.worker"))
+    args = arg_defaults("Dockerfile.worker")
+    assert {"TORCH_INDEX_URL", "TORCH_VERSION", "TORCHVISION_VERSION"} <= set(args)
     installs = [pip_targets(args) for args in pip_installs("Dockerfile.worker")]
     flat = [target for targets in installs for target in targets]
-    assert "torch==2.13.0" in flat
+    # The pair the Makefile installs: qwen-vl-utils needs a torchvision matching torch.
+    pair = [f"torch=={args['TORCH_VERSION']}", f"torchvision=={args['TORCHVISION_VERSION']}"]
+    assert set(pair) <= set(flat)
+    assert " ".join(pair) in (ROOT / "Makefile").read_text()
     extras = [local_extras(t) for t in flat if local_extras(t)]
     assert {"llama", "hf", "media", "embedded"} in extras
     offline = next(args for args in pip_installs("Dockerfile.worker") if "--no-deps" in args

@@ -29,14 +29,11 @@ class QwenVisionBackend(HFBackend):
     media_kinds: tuple[str, ...] = ("image", "video")
 
     def load(self) -> None:
-        """Load tokenizer, model and the input builder. :raises ModelNotAvailable:"""
-        from transformers import AutoTokenizer
-
+        """Load the processor and the model. :raises ModelNotAvailable:"""
         path = weights_path(self.spec)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.inputs = QwenInputs(path, self.spec.limits, audio="audio" in self.media_kinds)
+        self.tokenizer = self.inputs.tokenizer
         self.model = self._load_model(path)
-        self.inputs = QwenInputs(path, self.tokenizer, self.model.config, self.spec.limits,
-                                 audio="audio" in self.media_kinds)
         warm_up(self.spec, lambda: greedy_token(self.model, self.tokenizer))
         cap_address_space(self.spec)
         self.loaded = True
@@ -56,19 +53,18 @@ class QwenVisionBackend(HFBackend):
         attach_media(messages, [(k, r.model_dump() if hasattr(r, "model_dump") else r)
                                 for k, r in top])
         messages, media = split_media(messages, self.media_kinds, self.spec.id)
-        images, videos, audios = [], [], []
-        limits = self.spec.limits
-        for n, (kind, ref) in enumerate(media):
-            field = f"{kind} #{n + 1}"
-            if kind == "image":
-                images.append(decode_image(ctx.media(ref), field))
-            elif kind == "video":
-                videos.append(decode_video(ctx, ref, limits, field))
-            else:
-                audios.append(decode_audio(ctx.media(ref), self.inputs.sampling_rate, limits,
-                                           field))
-        batch = self.inputs.build(messages, images, videos, audios)
-        del images, videos, audios
+        decoded = [(kind, self._decode(kind, ref, ctx, f"{kind} #{n + 1}"))
+                   for n, (kind, ref) in enumerate(media)]
+        batch = self.inputs.build(messages, decoded)
+        del decoded
         batch = to_device(batch, input_device(self.model), self.model.dtype)
         return generate(self.model, self.tokenizer, batch, inputs.generation_params(self.spec),
                         ctx)
+
+    def _decode(self, kind: str, ref: dict, ctx: JobContext, field: str):
+        limits = self.spec.limits
+        if kind == "image":
+            return decode_image(ctx.media(ref), field)
+        if kind == "video":
+            return decode_video(ctx, ref, limits, field)
+        return decode_audio(ctx.media(ref), self.inputs.sampling_rate, limits, field)
