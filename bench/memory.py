@@ -53,14 +53,23 @@ def _png() -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def _mp4() -> str:
+    from tests.integration.media_samples import video
+
+    return base64.b64encode(video(seconds=1.0)).decode()
+
+
 def job_input(model: str, n: int) -> tuple[str, dict]:
     """Return (task, input) for the n-th job: sizes vary so allocations differ job to job."""
     if model == "minilm":
         return "embed", {"texts": [SENTENCES[i % 3].format(n + i) for i in range(1 + n % 32)]}
     if model == "echo":  # no torch: what the queue and the runtime alone hold on to
         return "echo", {"n": n, "text": SENTENCES[n % 3].format(n)}
-    if model == "tiny-qwen2-vl":
-        return "chat", {"prompt": f"describe image {n}", "image": _png(), "max_tokens": 8,
+    if model == "tiny-qwen2-vl":  # a PNG every job, and a 1-s MP4 every fourth
+        media = {"image": _png()}
+        if n % 4 == 0:
+            media["video"] = _mp4()
+        return "chat", {"prompt": f"describe image {n}", **media, "max_tokens": 8,
                         "temperature": 0}
     return "chat", {"prompt": f"Say a short sentence about the number {n}.",
                     "max_tokens": 16, "temperature": 0}

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from shared.inputs import ChatInput
 from workers.backends.base import JobContext, Result
 from workers.backends.hf_generation import generate, to_device
 from workers.backends.hf_loading import (
     HFBackend,
     cap_address_space,
-    greedy_token,
     input_device,
     load_model,
     warm_up,
     weights_path,
 )
 from workers.backends.qwen_inputs import QwenInputs, attach_media, split_media
-from workers.decoding import decode_audio, decode_image, decode_video
+from workers.decoding import Video, decode_audio, decode_image, decode_video
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,28 @@ class QwenVisionBackend(HFBackend):
         self.inputs = QwenInputs(path, self.spec.limits, audio="audio" in self.media_kinds)
         self.tokenizer = self.inputs.tokenizer
         self.model = self._load_model(path)
-        warm_up(self.spec, lambda: greedy_token(self.model, self.tokenizer))
+        warm_up(self.spec, self._warm_up)
         cap_address_space(self.spec)
         self.loaded = True
+
+    def _warm_up(self) -> None:
+        """One greedy token over a small image, a two-frame video (and a second of silence
+        for Omni): the media path's one-time allocations happen at load, not in a job."""
+        import cv2  # noqa: F401  (imported here, not by the first video job)
+        from PIL import Image
+
+        media: list[tuple[str, object]] = [
+            ("image", Image.new("RGB", (56, 56))),
+            ("video", Video(frames=[np.zeros((56, 56, 3), np.uint8)] * 2, sample_fps=2.0,
+                            duration_s=1.0)),
+        ]
+        if "audio" in self.media_kinds:
+            media.append(("audio", np.zeros(self.inputs.sampling_rate, np.float32)))
+        parts = [{"type": kind, kind: f"{kind}-{n}"} for n, (kind, _) in enumerate(media)]
+        messages = [{"role": "user", "content": [*parts, {"type": "text", "text": "Hello"}]}]
+        batch = to_device(self.inputs.build(messages, media), input_device(self.model),
+                          self.model.dtype)
+        self.model.generate(**batch, max_new_tokens=1, do_sample=False)
 
     def _load_model(self, path):
         from transformers import AutoModelForImageTextToText
