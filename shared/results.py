@@ -28,6 +28,50 @@ end
 return 0
 """
 
+# Create a job unless its model's queue is full: the check and the write in one step.
+# KEYS: record, index, model's queued set, events. ARGV: record, ttl_s, created_at, id,
+# max queued (0: no limit), expiry cutoff, first event's data, events maxlen.
+_CREATE = """
+redis.call('zremrangebyscore', KEYS[3], '-inf', ARGV[6])
+local depth = redis.call('zcard', KEYS[3])
+if tonumber(ARGV[5]) > 0 and depth >= tonumber(ARGV[5]) then
+  return {0, depth}
+end
+if not redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then
+  return {-1, depth}
+end
+redis.call('zadd', KEYS[2], ARGV[3], ARGV[4])
+redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+redis.call('xadd', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'event', 'status', 'data', ARGV[7])
+redis.call('expire', KEYS[4], ARGV[2])
+return {1, depth}
+"""
+
+# The write half of ResultStore._update: run the given commands only if the record is
+# still the one read and a lease still exists (or not) as it did. KEYS: record, lease.
+# ARGV: record as read, 1/0 leased, number of commands, then each as (count, words...).
+# The commands name their own keys (one job's keys): fine on one Redis server, which is
+# what conveyor runs on; a Redis Cluster would need them all in KEYS and one hash slot.
+_COMMIT = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('exists', KEYS[2]) ~= tonumber(ARGV[2]) then return 0 end
+local i = 4
+for _ = 1, tonumber(ARGV[3]) do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return 1
+"""
+
+
+class QueueFull(Exception):
+    """The model already has as many queued jobs as allowed."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__(f"{depth} jobs queued")
+        self.depth = depth
+
 
 class Claim(StrEnum):
     """What a worker should do with a delivered job."""
@@ -60,6 +104,8 @@ class ResultStore:
         self.r = client
         self.ttl_s = ttl_s
         self._renew = client.register_script(_RENEW)
+        self._create = client.register_script(_CREATE)
+        self._commit = client.register_script(_COMMIT)
         self._batch = EventBuffer(self._write_events)
 
     # keys
@@ -70,6 +116,11 @@ class ResultStore:
     @staticmethod
     def events_key(job_id: str) -> str:
         return f"{PREFIX}:events:{job_id}"
+
+    @staticmethod
+    def end_key(job_id: str) -> str:
+        """A stream that gets one entry when the job ends: what wait() blocks on."""
+        return f"{PREFIX}:end:{job_id}"
 
     @staticmethod
     def lease_key(job_id: str) -> str:
@@ -144,14 +195,21 @@ class ResultStore:
         return bool(self.r.exists(self.cancel_key(job_id)))
 
     # writes
-    def create(self, job: JobRecord) -> JobRecord:
-        """Store a new queued job and log its first event."""
-        pipe = self.r.pipeline()
-        pipe.set(self.job_key(job.id), job.model_dump_json(), ex=self.ttl_s, nx=True)
-        pipe.zadd(self.INDEX_KEY, {job.id: job.created_at})
-        pipe.zadd(self.queued_key(job.model), {job.id: job.created_at})
-        self._event(pipe, job.id, "status", {"status": job.status.value, "at": job.created_at})
-        pipe.execute()
+    def create(self, job: JobRecord, *, max_queued: int = 0) -> JobRecord:
+        """Store a new queued job and log its first event, in one round trip.
+
+        :raises QueueFull: when max_queued > 0 and the model has that many queued jobs.
+        """
+        first = {"status": job.status.value, "at": job.created_at}
+        created, depth = self._create(
+            keys=[self.job_key(job.id), self.INDEX_KEY, self.queued_key(job.model),
+                  self.events_key(job.id)],
+            args=[job.model_dump_json(), self.ttl_s, repr(job.created_at), job.id, max_queued,
+                  repr(now() - self.ttl_s), json.dumps(first), EVENTS_MAXLEN])
+        if created == 0:
+            raise QueueFull(depth)
+        if created < 0:
+            raise ValueError(f"job {job.id} exists already")
         return job
 
     def claim(self, job_id: str, worker: str, *, lease_s: float, max_deliveries: int) -> Claim:
@@ -220,6 +278,7 @@ class ResultStore:
 
         def apply(rec: JobRecord, leased: bool) -> JobRecord | None:
             nonlocal done
+            done = False  # apply runs again when the record changed under it
             if rec.status != JobStatus.RUNNING or leased:
                 return None
             done = True
@@ -332,19 +391,22 @@ class ResultStore:
                 out.append((eid, fields.get("event", "message"), json.loads(fields["data"])))
         return out
 
-    def wait(self, job_id: str, timeout_s: float) -> JobRecord | None:
-        """Block until the job ends or timeout_s passes; return the latest record."""
+    def wait(self, job_id: str, timeout_s: float, *, known: bool = False) -> JobRecord | None:
+        """Block until the job ends or timeout_s passes; return the latest record.
+
+        known=True skips the first read of the record (the caller just created the job).
+        """
         deadline = time.monotonic() + timeout_s
-        # Every job's log starts with its `queued` event, so the log alone tells whether it
-        # ended; the record is read once, at the end, not once per token or step.
-        events = self.read_events(job_id, "0-0")
-        if not events:
-            return self.get(job_id)  # unknown or expired
-        last = events[-1][0]
-        while not _ended(events) and (left := deadline - time.monotonic()) > 0:
-            events = self.read_events(job_id, last, block_ms=max(1, int(min(left, 5) * 1000)))
-            if events:
-                last = events[-1][0]
+        if not known:
+            rec = self.get(job_id)
+            if rec is None or rec.status.is_terminal():
+                return rec  # unknown or expired, or ended already
+        # The end stream gets its one entry when the job ends, so this wakes once, not on
+        # every token or state change, and the record is read once, at the end.
+        key = self.end_key(job_id)
+        while (left := deadline - time.monotonic()) > 0:
+            if self.r.xread({key: "0-0"}, count=1, block=max(1, int(min(left, 5) * 1000))):
+                break
         return self.get(job_id)
 
     def iter_events(self, job_id: str, after: str, *, idle_s: float) -> Iterator[tuple]:
@@ -364,6 +426,10 @@ class ResultStore:
         pipe.xadd(key, {"event": event, "data": json.dumps(data)},
                   maxlen=EVENTS_MAXLEN, approximate=True)
         pipe.expire(key, self.ttl_s)
+        if event == "status" and data.get("status") in TERMINAL:
+            end = self.end_key(job_id)
+            pipe.xadd(end, {"status": data["status"]}, maxlen=1)
+            pipe.expire(end, self.ttl_s)
 
     def _terminal(self, rec: JobRecord, status: JobStatus, **fields) -> JobRecord:
         t = now()
@@ -408,38 +474,34 @@ class ResultStore:
         return rec
 
     def _update(self, job_id: str, apply, extra=None) -> JobRecord | None:
-        """Read-modify-write a record under WATCH; return the latest record or None.
+        """Read-modify-write a record; return the latest record or None when it is gone.
 
         apply(record, leased) returns the new record, or None to leave it as it is;
-        extra(new, pipe) queues more commands into the same MULTI.
+        extra(new, pipe) queues more commands, written with the record. The write is a
+        compare-and-set: it happens only if the record and whether a lease exists are
+        what apply() saw, else the record is read again (as WATCH would, in two round
+        trips instead of three).
         """
         self.flush_events()  # a job's token events land before the status they lead to
-        key = self.job_key(job_id)
-        with self.r.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key, self.lease_key(job_id))
-                    # One read for the record and whether a worker holds a lease on it.
-                    raw, lease = pipe.mget(key, self.lease_key(job_id))
-                    if not raw:
-                        pipe.reset()
-                        return None
-                    rec = JobRecord.model_validate_json(raw)
-                    new = apply(rec, lease is not None)
-                    if new is None:
-                        pipe.reset()
-                        return rec
-                    pipe.multi()
-                    pipe.set(key, new.model_dump_json(), keepttl=True)
-                    if new.status != JobStatus.QUEUED:
-                        pipe.zrem(self.queued_key(new.model), job_id)
-                    if extra:
-                        extra(new, pipe)
-                    pipe.execute()
-                    return new
-                except redis.WatchError:
-                    continue
-
-
-def _ended(events: list[tuple[str, str, dict]]) -> bool:
-    return any(name == "status" and data.get("status") in TERMINAL for _id, name, data in events)
+        key, lease_key = self.job_key(job_id), self.lease_key(job_id)
+        while True:
+            # One read for the record and whether a worker holds a lease on it.
+            raw, lease = self.r.mget(key, lease_key)
+            if not raw:
+                return None
+            rec = JobRecord.model_validate_json(raw)
+            new = apply(rec, lease is not None)
+            if new is None:
+                return rec
+            writes = self.r.pipeline(transaction=False)  # collects commands, never executed
+            writes.set(key, new.model_dump_json(), keepttl=True)
+            if new.status != JobStatus.QUEUED:
+                writes.zrem(self.queued_key(new.model), job_id)
+            if extra:
+                extra(new, writes)
+            args: list = [raw, int(lease is not None), len(writes.command_stack)]
+            for command, _options in writes.command_stack:
+                args += [len(command), *command]
+            writes.reset()
+            if self._commit(keys=[key, lease_key], args=args):
+                return new

@@ -77,7 +77,7 @@ def settle(jobs: JobService, job: JobRecord, wait_s: float) -> JobRecord:
     :raises JobFailedError: it failed. :raises JobCanceledError: it was canceled.
     :raises JobWaitTimeout: it did not end within wait_s (it is canceled then).
     """
-    job = jobs.wait(job.id, wait_s)
+    job = jobs.wait(job.id, wait_s, known=True)
     if not job.status.is_terminal():
         log.warning("job %s model %s: no answer within %gs; canceling", job.id, job.model, wait_s)
         error = JobWaitTimeout(job, wait_s)

@@ -15,7 +15,7 @@ from shared.inputs import parse_input
 from shared.jobs import JobError, JobRecord, Priority, Webhook, new_job_id, now
 from shared.payloads import PayloadStore
 from shared.registry import ModelSpec, Registry
-from shared.results import IllegalTransition, ResultStore
+from shared.results import IllegalTransition, QueueFull, ResultStore
 from shared.sweeper import sweep_payloads
 from shared.webhooks import WebhookNotifier, check_target
 from web.dispatch import Dispatcher
@@ -105,10 +105,6 @@ class JobService:
             raise InvalidInput(f"model {spec.id} does not support task {task!r} "
                                f"(it supports {spec.tasks})", param="task",
                                code="unsupported_task")
-        depth = self.store.queue_depth(spec.id)
-        if depth >= self.settings.max_queued_per_model:
-            raise RateLimited(f"model {spec.id} has {depth} queued jobs, the limit; retry later",
-                              retry_after=5, code="queue_full")
         webhook = self._webhook(req)
         job_id = new_job_id()
         try:
@@ -125,7 +121,12 @@ class JobService:
         )
         if not self._worker_online(spec.id):
             job.notice = NO_WORKER.format(spec.id)
-        self.store.create(job)
+        try:
+            self.store.create(job, max_queued=self.settings.max_queued_per_model)
+        except QueueFull as exc:
+            self.payloads.delete(job.id)
+            raise RateLimited(f"model {spec.id} has {exc.depth} queued jobs, the limit; "
+                              f"retry later", retry_after=5, code="queue_full") from None
         try:
             self.dispatcher.enqueue(job, spec)
         except Exception:
@@ -178,9 +179,9 @@ class JobService:
         self.notifier.ended(job)
         return job
 
-    def wait(self, job_id: str, timeout_s: float) -> JobRecord:
-        """Return the job once it ends or timeout_s passes."""
-        job = self.store.wait(job_id, timeout_s)
+    def wait(self, job_id: str, timeout_s: float, *, known: bool = False) -> JobRecord:
+        """Return the job once it ends or timeout_s passes (known: just submitted here)."""
+        job = self.store.wait(job_id, timeout_s, known=known)
         if job is None:
             raise NotFound(f"job {job_id} not found (unknown or expired)", code="job_not_found")
         if job.queue_expired(now()):

@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+import os
 import sys
 from typing import Any
 
@@ -41,9 +42,20 @@ def release_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
+_PROCESS: psutil.Process | None = None
+
+
+def _process() -> psutil.Process:
+    # One Process object per process (a pool process is a fork: check the pid).
+    global _PROCESS
+    if _PROCESS is None or _PROCESS.pid != os.getpid():
+        _PROCESS = psutil.Process()
+    return _PROCESS
+
+
 def memory_stats() -> dict[str, Any]:
     """Return RSS and, on CUDA, allocated/reserved/peak bytes."""
-    proc = psutil.Process()
+    proc = _process()
     stats: dict[str, Any] = {"rss_bytes": proc.memory_info().rss}
     torch = _torch()
     if torch is not None and torch.cuda.is_available():

@@ -38,6 +38,10 @@ from workers.memory import is_out_of_memory, memory_stats, release_memory
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 3.0
+# After a job, facts are published at once unless they were less than this long ago; then
+# the heartbeat thread publishes them this much later, so a burst of short jobs costs a
+# few writes a second instead of one per job.
+PUBLISH_EVERY_S = 0.25
 TRANSIENT_RETRIES = 3
 OOM_EXIT_AFTER = 3  # consecutive out-of-memory failures before the process asks to be replaced
 
@@ -65,6 +69,8 @@ class WorkerRuntime:
         self.started_at = time.time()
         self.stop = threading.Event()
         self._leased: str | None = None
+        self._published_at = 0.0
+        self._unpublished = threading.Event()
 
     # lifecycle
     def start(self) -> None:
@@ -101,10 +107,22 @@ class WorkerRuntime:
         }
 
     def publish(self) -> None:
+        self._published_at = time.monotonic()
         self.fleet.publish(self.worker_id, self.facts())
 
+    def _publish_after_job(self) -> None:
+        if time.monotonic() - self._published_at >= PUBLISH_EVERY_S:
+            self.publish()
+        else:
+            self._unpublished.set()
+
     def _heartbeat(self) -> None:
-        while not self.stop.wait(HEARTBEAT_S):
+        while not self.stop.is_set():
+            if self._unpublished.wait(HEARTBEAT_S):
+                self._unpublished.clear()
+                self.stop.wait(PUBLISH_EVERY_S)
+            if self.stop.is_set():
+                return
             try:
                 self.publish()
             except Exception:  # Redis blips must not kill the heartbeat
@@ -172,7 +190,7 @@ class WorkerRuntime:
             self.current_job = None
             self.jobs_done += 1
             release_memory()
-            self.publish()
+            self._publish_after_job()
         return status
 
     def _run(self, job: JobRecord, soft_limit_s: float | None) -> str:

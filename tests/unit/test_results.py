@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 
-from shared.jobs import JobError, JobRecord, JobStatus, new_job_id, now
-from shared.results import Claim, IllegalTransition, ResultStore, connect
+from shared.jobs import JobError, JobRecord, JobStatus, Priority, new_job_id, now
+from shared.results import Claim, IllegalTransition, QueueFull, ResultStore, connect
 
 
 @pytest.fixture
@@ -134,3 +135,98 @@ def test_backend_specific_metrics_are_kept(store):
     store.mark_succeeded(job.id, {"text": ""}, {"completion_tokens": 2, "frames_decoded": 16})
     metrics = store.get(job.id).metrics.model_dump()
     assert metrics["frames_decoded"] == 16 and metrics["completion_tokens"] == 2
+
+
+# Concurrency: every state change is a compare-and-set; these race real clients.
+
+def _race(n, fn):
+    """Run fn(i) in n threads started together; return their results (or exceptions)."""
+    barrier, results = threading.Barrier(n), [None] * n
+
+    def run(i):
+        barrier.wait()
+        try:
+            results[i] = fn(i)
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_racing_claims_let_exactly_one_worker_run(redis_db):
+    url = redis_db()
+    job = queued(ResultStore(connect(url), ttl_s=120))
+    stores = [ResultStore(connect(url), ttl_s=120) for _ in range(8)]
+    claims = _race(8, lambda i: stores[i].claim(job.id, f"w{i}", lease_s=5, max_deliveries=3))
+    assert sorted(claims) == sorted([Claim.RUN] + [Claim.DUPLICATE] * 7)
+    rec = stores[0].get(job.id)
+    assert rec.attempts == 1 and rec.status == "running"
+
+
+def test_racing_finishes_end_a_job_once(redis_db):
+    url = redis_db()
+    store = ResultStore(connect(url), ttl_s=120)
+    job = queued(store)
+    store.claim(job.id, "w1", lease_s=5, max_deliveries=3)
+    stores = [ResultStore(connect(url), ttl_s=120) for _ in range(6)]
+    ends = [lambda s: s.mark_succeeded(job.id, {"n": 1}), lambda s: s.mark_canceled(job.id),
+            lambda s: s.mark_failed(job.id, JobError(type="x", message="y"))] * 2
+    results = _race(6, lambda i: ends[i](stores[i]))
+    winners = [r for r in results if isinstance(r, JobRecord)]
+    assert len(winners) == 1
+    assert all(isinstance(r, IllegalTransition) for r in results if r not in winners)
+    terminal = [e for e in store.read_events(job.id) if e[2].get("status") == winners[0].status]
+    assert len(terminal) == 1 and store.get(job.id).status == winners[0].status
+
+
+def test_a_record_changed_between_read_and_write_is_read_again(store):
+    job = queued(store)
+    calls = []
+
+    def tag(rec):
+        calls.append(rec.notice)
+        if len(calls) == 1:  # another client changes the record while this one decides
+            store.set_notice(job.id, "changed meanwhile")
+        rec.priority = Priority.HIGH
+        return True
+
+    rec = store.update(job.id, tag)
+    assert calls == [None, "changed meanwhile"]
+    assert rec.notice == "changed meanwhile" and rec.priority == Priority.HIGH
+    assert store.get(job.id).notice == "changed meanwhile"
+
+
+def test_a_lease_that_appears_between_read_and_write_is_seen(store):
+    job = queued(store)
+    store.claim(job.id, "w1", lease_s=5, max_deliveries=3)
+    store.r.delete(store.lease_key(job.id))  # the lease lapsed: the job can be requeued
+    real_get = store.r.mget
+
+    def mget_then_lease(*keys):
+        found = real_get(*keys)
+        store.r.set(store.lease_key(job.id), "w1", px=5000)  # ...but the worker renews it
+        store.r.mget = real_get
+        return found
+
+    store.r.mget = mget_then_lease
+    assert store.requeue(job.id) is False
+    assert store.get(job.id).status == "running"
+
+
+def test_queue_limit_holds_under_racing_submits(redis_db):
+    url = redis_db()
+    stores = [ResultStore(connect(url), ttl_s=120) for _ in range(10)]
+    jobs = [JobRecord(id=new_job_id(), model="echo", task="echo", created_at=now())
+            for _ in range(10)]
+    results = _race(10, lambda i: stores[i].create(jobs[i], max_queued=3))
+    assert sum(isinstance(r, JobRecord) for r in results) == 3
+    assert all(isinstance(r, QueueFull) and r.depth == 3 for r in results
+               if not isinstance(r, JobRecord))
+    assert stores[0].queue_depth("echo") == 3
+    created = {r.id for r in results if isinstance(r, JobRecord)}
+    assert {j.id for j in jobs if stores[0].get(j.id)} == created

@@ -42,7 +42,7 @@ def submit():
     job = _service().submit(parse_request(body), files)
     wait = prefer_wait()
     if wait:
-        job = _service().wait(job.id, wait)
+        job = _service().wait(job.id, wait, known=True)
     resp = _record(job, 200 if job.status.is_terminal() else 202)
     resp.headers["Location"] = f"/v1/jobs/{job.id}"
     if wait:
