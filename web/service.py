@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.config import Settings
-from shared.errors import InvalidInput, NotFound, RateLimited
+from shared.errors import Conflict, InvalidInput, NotFound, RateLimited
 from shared.fleet import Fleet
 from shared.inputs import parse_input
 from shared.jobs import JobError, JobRecord, Priority, Webhook, new_job_id, now
@@ -24,6 +24,9 @@ from web.intake import Intake
 log = logging.getLogger(__name__)
 
 ONLINE_CACHE_S = 1.0
+# The chat model chosen with POST /setModel (the llama.cpp server's route), for every web
+# process: requests that name no model get it.
+CURRENT_CHAT_MODEL_KEY = "conveyor:current_chat_model"
 NO_WORKER = "no worker is online for model {}; the job stays queued until one starts"
 
 
@@ -242,6 +245,38 @@ class JobService:
             raise NotFound(f"model {name!r} is not in the registry", param="model",
                            code="model_not_found")
         return next(m for m in self.models() if m["id"] == spec.id)
+
+    def default_model(self, task: str) -> ModelSpec | None:
+        """Return the model for a request that names none: for chat, the one chosen with
+        select_chat_model() while it is still in the registry, else the registry's."""
+        if task == "chat":
+            chosen = self.store.r.get(CURRENT_CHAT_MODEL_KEY)
+            spec = self.registry.get(chosen) if chosen else None
+            if spec is not None and task in spec.tasks:
+                return spec
+        return self.registry.default_for(task)
+
+    def select_chat_model(self, name: str) -> ModelSpec:
+        """Make a chat model that a worker serves the default for requests naming none.
+
+        Workers load their models at start; this chooses among those, it loads nothing.
+        :raises NotFound: not in the registry. :raises InvalidInput: not a chat model.
+        :raises Conflict: no worker has it loaded.
+        """
+        spec = self.registry.get(name)
+        if spec is None:
+            raise NotFound(f"model {name!r} is not in the registry", param="model_name",
+                           code="model_not_found")
+        if "chat" not in spec.tasks:
+            raise InvalidInput(f"model {spec.id} does not chat (it supports {spec.tasks})",
+                               param="model_name", code="unsupported_task")
+        if not any(w.get("loaded") for w in self.fleet.workers(spec.id)):
+            raise Conflict(f"no worker has model {spec.id} loaded; start one (conveyor worker "
+                           f"--model {spec.id}, or conveyor up --model {spec.id}) and set it "
+                           f"again", code="model_not_loaded")
+        self.store.r.set(CURRENT_CHAT_MODEL_KEY, spec.id)
+        log.info("default chat model set to %s", spec.id)
+        return spec
 
     def payload_usage(self) -> dict[str, Any]:
         """Return the payload store's usage."""

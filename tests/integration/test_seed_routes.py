@@ -274,6 +274,56 @@ def test_llama_server_chat_completions_without_v1(url):
     assert text and chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
 
 
+def test_llama_server_set_model_chooses_the_model_requests_without_one_get(url, registry):
+    deepseek = registry[1]["deepseek"]  # a second chat model with a worker (transformers)
+    body = {"model_name": "deepseek", "load_model_configs": {"n_ctx": 4096}}
+    resp = requests.post(f"{url}/setModel", json=body, timeout=10)
+    try:
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["message"] == "Model loaded successfully"
+        assert resp.json()["model"] == deepseek and "not applied" in resp.json()["note"]
+        assert requests.get(f"{url}/health", timeout=10).json()["current_model"] == deepseek
+        chat = requests.post(f"{url}/chat/completions", timeout=120, json={
+            "messages": [{"role": "user", "content": "Hi"}],
+            "inference_configs": {"max_tokens": 4}})
+        assert chat.status_code == 200 and chat.json()["model"] == deepseek
+        bitnet = requests.post(f"{url}/generate", json={"prompt": "Hi", "max_tokens": 4},
+                               timeout=120).json()
+        assert job(url, bitnet["job_id"])["model"] == deepseek
+    finally:
+        back = requests.post(f"{url}/setModel", json={"model_name": SMOL}, timeout=10)
+        assert back.status_code == 200 and back.json() == {
+            "message": "Model loaded successfully", "model": SMOL}
+    assert requests.get(f"{url}/health", timeout=10).json()["current_model"] == SMOL
+
+
+@pytest.mark.parametrize("name, status, code", [
+    ("dialogpt-small", 409, "model_not_loaded"),  # in the registry, no worker
+    ("no-such-model.gguf", 404, "model_not_found"),
+    ("echo", 422, "unsupported_task"),
+])
+def test_llama_server_set_model_refuses_what_it_cannot_serve(url, name, status, code):
+    resp = requests.post(f"{url}/setModel", json={"model_name": name}, timeout=10)
+    assert resp.status_code == status and resp.json()["error"]["code"] == code
+    assert requests.get(f"{url}/health", timeout=10).json()["current_model"] == SMOL
+
+
+def test_llama_server_restore_cache_runs_the_prompt_once(url):
+    messages = [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "What is the capital of France?"}]
+    resp = requests.post(f"{url}/restore_cache", timeout=120, json={
+        "messages": messages, "inference_configs": {"temperature": 0.7, "max_tokens": 512}})
+    assert resp.status_code == 200, resp.text
+    data = resp.json()
+    assert data["message"] == "Cache restored" and data["model"] == SMOL
+    rec = job(url, data["job_id"])
+    assert rec["status"] == "succeeded" and rec["input"]["max_tokens"] == 1
+    assert rec["metrics"]["completion_tokens"] <= 1
+    assert data["prompt_tokens"] == rec["metrics"]["prompt_tokens"] > 10
+    bad = requests.post(f"{url}/restore_cache", json={"messages": []}, timeout=10)
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "messages"
+
+
 def test_models_path_answers_like_the_lightweight_server(url):
     data = requests.get(f"{url}/models", timeout=10).json()
     assert all(isinstance(m, dict) and "name" in m for m in data["models"])

@@ -35,7 +35,7 @@ def _services():
 
 
 def _default(task: str) -> str | None:
-    spec = _services().registry.default_for(task)
+    spec = _services().jobs.default_model(task)
     return spec.id if spec else None
 
 

@@ -1,8 +1,8 @@
 """Routes of the servers conveyor replaces, as thin aliases onto the job API.
 
-The AI Model Server (seeds/002), the lightweight model server (seeds/000) and the BitNet
-server (seeds/001); the llama.cpp server's POST /chat/completions lives with the
-OpenAI-compatible API. Where two servers answered the same path, the one named in the
+The AI Model Server (seeds/002), the lightweight model server (seeds/000), the BitNet
+server (seeds/001) and the llama.cpp server (seeds/003), whose POST /chat/completions lives
+with the OpenAI-compatible API. Where two servers answered the same path, the one named in the
 issue wins (GET /models is the lightweight server's).
 """
 
@@ -14,17 +14,21 @@ from shared.errors import NotFound
 from shared.registry import ModelSpec
 from web.blocking import settle
 from web.bodies import json_body
+from web.protocols.openai import ChatCompletionRequest
 from web.protocols.parsing import parse_model
 from web.protocols.seeds import (
     BitNetGenerate,
     GenerateMedia,
     GeneratePrompt,
+    SetModel,
     bitnet_answer,
     generate_media_answer,
     lightweight_answer,
     lightweight_models,
     memory_status,
     model_status,
+    restore_cache_answer,
+    set_model_answer,
 )
 
 bp = Blueprint("seeds", __name__)
@@ -35,8 +39,8 @@ def _services():
 
 
 def _spec(name: str | None) -> ModelSpec:
-    registry = _services().registry
-    spec = registry.get(name) if name else registry.default_for("chat")
+    svc = _services()
+    spec = svc.registry.get(name) if name else svc.jobs.default_model("chat")
     if spec is None:
         raise NotFound(f"model {name!r} is not in the registry" if name else
                        "no default chat model in the registry", param="model",
@@ -52,11 +56,11 @@ def _run(req):
 
 @bp.get("/health")
 def health():
-    models = _services().jobs.models()
-    default = next((m["id"] for m in models if m["default"]), None)
-    loaded = [m["id"] for m in models if m["loaded"]]
+    jobs = _services().jobs
+    loaded = [m["id"] for m in jobs.models() if m["loaded"]]
+    current = jobs.default_model("chat")
     return jsonify({"status": "healthy", "message": "conveyor is running",
-                    "model_loaded": bool(loaded), "current_model": default,
+                    "model_loaded": bool(loaded), "current_model": current and current.id,
                     "models_loaded": loaded})
 
 
@@ -125,3 +129,19 @@ def generate():
 @bp.get("/model_info")
 def model_info():
     return jsonify(_services().jobs.model(_spec(request.args.get("model")).id))
+
+
+# the llama.cpp server (seeds/003)
+@bp.post("/setModel")
+def set_model():
+    req = parse_model(SetModel, json_body())
+    return jsonify(set_model_answer(_services().jobs.select_chat_model(req.model_name), req))
+
+
+@bp.post("/restore_cache")
+def restore_cache():
+    """Run the prompt for one token, so the model's prompt cache holds it."""
+    req = parse_model(ChatCompletionRequest, json_body())
+    req = req.model_copy(update={"max_completion_tokens": 1, "stream": False})
+    job_req = req.to_job_request(_spec(req.model).id)
+    return jsonify(restore_cache_answer(_run(job_req)))

@@ -206,3 +206,27 @@ def bitnet_answer(job: JobRecord) -> dict[str, Any]:
             "tokens_generated": job.metrics.completion_tokens or 0,
             "tokens_processed": job.metrics.prompt_tokens or 0,
             "model": job.model, "job_id": job.id}
+
+
+# the llama.cpp server (seeds/003); its POST /chat/completions is the OpenAI route's
+class SetModel(_Legacy):
+    """POST /setModel: choose the chat model requests without `model` get."""
+
+    model_name: str = Field(min_length=1)
+    load_model_configs: dict[str, Any] | None = None
+
+
+LOAD_CONFIGS_NOTE = ("load_model_configs are not applied here: each worker loads its model "
+                     "once, with the options of its models.yaml entry")
+
+
+def set_model_answer(spec: ModelSpec, req: SetModel) -> dict[str, Any]:
+    answer = {"message": "Model loaded successfully", "model": spec.id}
+    if req.load_model_configs:
+        answer["note"] = LOAD_CONFIGS_NOTE
+    return answer
+
+
+def restore_cache_answer(job: JobRecord) -> dict[str, Any]:
+    return {"message": "Cache restored", "model": job.model, "job_id": job.id,
+            "prompt_tokens": job.metrics.prompt_tokens}
