@@ -17,6 +17,7 @@ HARD_LIMIT_GRACE_S = 15
 # Time a backend has past its deadline to notice it and stop on its own, output kept.
 COOPERATIVE_GRACE_S = 1.0
 PRIORITY_STEPS = [0, 3, 6, 9]
+PRIORITY_SEP = ":"  # kombu names a queue's priority lists <queue><sep><step>
 
 
 def make_celery(settings: Settings, registry: Registry) -> Celery:
@@ -45,7 +46,7 @@ def make_celery(settings: Settings, registry: Registry) -> Celery:
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
             "priority_steps": PRIORITY_STEPS,
-            "sep": ":",
+            "sep": PRIORITY_SEP,
             "queue_order_strategy": "priority",
         },
         # Loading a model happens in worker_process_init; give it time.
@@ -73,6 +74,15 @@ def job_time_limits(spec: ModelSpec, settings: Settings, timeout_s: float | None
         hard = settings.visibility_timeout_s - 1
         soft = max(1, hard - HARD_LIMIT_GRACE_S)
     return soft, hard
+
+
+def broker_keys(queue: str) -> list[str]:
+    """Return the Redis lists that hold a queue's messages, one per priority step.
+
+    kombu's Redis transport keeps step 0 in the queue's own key and every other step in
+    `<queue><sep><step>`.
+    """
+    return [queue] + [f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS if step]
 
 
 def enqueue_job(

@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(
         2.0, gt=0, le=60, description="How often workers look for jobs whose lease expired."
     )
+    redeliver_after_s: float = Field(
+        30.0, ge=1, le=86_400,
+        description="Age of a queued job whose broker message is gone before it is sent again.",
+    )
     max_deliveries: int = Field(
         3, ge=1, le=20, description="Worker losses a job survives before it fails as worker_lost."
     )

@@ -180,9 +180,11 @@ class ResultStore:
             return None
         return self.r.zrank(self.queued_key(job.model), job.id)
 
-    def queued_ids(self, model: str) -> list[str]:
-        """Return the ids of a model's queued jobs, oldest first."""
-        return self.r.zrange(self.queued_key(model), 0, -1)
+    def queued_ids(self, model: str, *, before: float | None = None) -> list[str]:
+        """Return the ids of a model's queued jobs, oldest first (queued before a time)."""
+        if before is None:
+            return self.r.zrange(self.queued_key(model), 0, -1)
+        return self.r.zrangebyscore(self.queued_key(model), "-inf", f"({before}")
 
     def running_ids(self) -> list[str]:
         """Return the ids of every job some worker has claimed."""

@@ -1,4 +1,5 @@
-"""Find jobs whose worker died (their lease lapsed) and queue them again."""
+"""Find jobs whose worker died (their lease lapsed) or whose broker message was lost, and
+queue them again."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import threading
 
 from celery import Celery
 
-from shared.celery_app import enqueue_job
+from shared.celery_app import broker_keys, enqueue_job
 from shared.config import Settings
-from shared.jobs import now
+from shared.jobs import JobStatus, now
 from shared.payloads import PayloadStore
 from shared.registry import Registry
 from shared.results import IllegalTransition, ResultStore
@@ -20,8 +21,12 @@ from shared.webhooks import WebhookNotifier
 log = logging.getLogger(__name__)
 
 
+REDELIVERED_KEY = "conveyor:redelivered:{}"
+
+
 class Reaper:
-    """Requeue lapsed jobs, expire queued jobs past their queue timeout, sweep payloads."""
+    """Requeue lapsed jobs, resend lost messages, expire queued jobs past their queue
+    timeout, sweep payloads."""
 
     def __init__(self, store: ResultStore, registry: Registry, app: Celery,
                  settings: Settings, *, payloads: PayloadStore | None = None,
@@ -49,9 +54,39 @@ class Reaper:
             log.warning("job %s model %s: worker lost on attempt %s; queued again",
                         job_id, job.model, job.attempts)
             requeued.append(job_id)
+        self.redeliver_lost()
         self.expire_queued()
         self.sweep()
         return requeued
+
+    def redeliver_lost(self) -> list[str]:
+        """Send a new message for queued jobs whose message is gone; return their ids.
+
+        A consumer that dies just as Redis hands it a message (BRPOP) takes the message
+        with it, and its job would stay queued for ever. While a model's broker lists are
+        empty, none of its jobs can still be waiting there, so a job queued for longer
+        than redeliver_after_s has lost its message. A duplicate is harmless: the claim
+        drops a delivery of a job that already ran or runs.
+        """
+        sent = []
+        after = self.settings.redeliver_after_s
+        for spec in self.registry:
+            old = self.store.queued_ids(spec.id, before=now() - after)
+            if not old or any(self.store.r.llen(key) for key in broker_keys(spec.queue)):
+                continue
+            for job_id in old:
+                # Once per job per period across the fleet: every worker runs a reaper.
+                if not self.store.r.set(REDELIVERED_KEY.format(job_id), 1, nx=True,
+                                        px=int(after * 1000)):
+                    continue
+                job = self.store.get(job_id)
+                if job is None or job.status != JobStatus.QUEUED:
+                    continue
+                enqueue_job(self.app, self.settings, spec, job_id, job.priority, job.timeout_s)
+                log.warning("job %s model %s: queued %.0fs with no message in the broker; "
+                            "sent again", job_id, job.model, now() - job.created_at)
+                sent.append(job_id)
+        return sent
 
     def expire_queued(self) -> list[str]:
         """Fail queued jobs that no worker started within their queue_timeout_s."""

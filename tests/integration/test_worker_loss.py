@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import pytest
 import redis
 
-from shared.celery_app import enqueue_job, make_celery
-from shared.jobs import Priority
+from shared.celery_app import broker_keys, enqueue_job, make_celery
+from shared.jobs import JobRecord, Priority, new_job_id, now
 from shared.registry import load_registry
 from shared.results import ResultStore
 from tests.conftest import wait_for
@@ -120,3 +121,45 @@ def test_job_fails_as_worker_lost_after_three_losses(make_settings, start_worker
     nxt = client.post("/v1/jobs", json={"model": "echo", "input": {}},
                       headers={"Prefer": "wait=30"}).get_json()
     assert nxt["status"] == "succeeded"
+
+
+# A consumer killed just as Redis hands it a message takes the message with it.
+
+def test_broker_keys_name_the_lists_kombu_writes(make_settings):
+    settings = make_settings()
+    registry = load_registry(settings.registry)
+    spec = registry.get("minilm")  # no worker consumes it here
+    app = make_celery(settings, registry)
+    for priority in (Priority.HIGH, Priority.NORMAL, Priority.LOW, Priority.NORMAL):
+        enqueue_job(app, settings, spec, f"job-{priority}", priority, None)
+    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    written = {key for key in r.keys(f"{spec.queue}*") if r.type(key) == "list"}
+    assert len(written) == 3 and written <= set(broker_keys(spec.queue))
+    assert sum(r.llen(key) for key in broker_keys(spec.queue)) == 4
+
+
+def test_a_queued_job_whose_message_was_lost_is_sent_again(make_settings, start_worker,
+                                                            make_app):
+    settings = make_settings(redeliver_after_s=1.0)
+    worker = start_worker(settings, "echo")
+    client = make_app(settings).test_client()
+    store = ResultStore(redis.Redis.from_url(settings.redis_url, decode_responses=True),
+                        ttl_s=600)
+    # Accepted and recorded, but its message never reached the broker's list.
+    lost = store.create(JobRecord(id=new_job_id(), model="echo", task="echo",
+                                  created_at=now(), input={"n": 1}))
+    rec = finished(client, lost.id, timeout=30)
+    assert rec["status"] == "succeeded" and rec["attempts"] == 1
+    assert status_events(settings, lost.id) == ["queued", "running", "succeeded"]
+    assert "no message in the broker; sent again" in worker.tail(200)
+
+    # A job whose message waits in the broker (no worker serves minilm) is left alone.
+    waiting = client.post("/v1/jobs", json={"model": "minilm", "input": {"texts": ["a"]}})
+    assert waiting.status_code == 202
+    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    keys = broker_keys(load_registry(settings.registry).get("minilm").queue)
+    wait_for(lambda: r.exists(f"conveyor:redelivered:{lost.id}") == 0, 10,
+             what="the redelivery guard to lapse")
+    time.sleep(2.5)  # past redeliver_after_s, several reaper passes
+    assert sum(r.llen(key) for key in keys) == 1
+    assert r.exists(f"conveyor:redelivered:{waiting.get_json()['id']}") == 0
