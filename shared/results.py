@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 
+from shared import store_scripts as scripts
 from shared.event_buffer import Event, EventBuffer
 from shared.jobs import TERMINAL, JobError, JobRecord, JobStatus, now
 
@@ -18,51 +19,6 @@ log = logging.getLogger(__name__)
 
 PREFIX = "conveyor"
 EVENTS_MAXLEN = 200_000
-_ALIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
-
-# Renew a lease only while we still hold it.
-_RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-# Create a job unless its model's queue is full: the check and the write in one step.
-# KEYS: record, index, model's queued set, events. ARGV: record, ttl_s, created_at, id,
-# max queued (0: no limit), expiry cutoff, first event's data, events maxlen.
-_CREATE = """
-redis.call('zremrangebyscore', KEYS[3], '-inf', ARGV[6])
-local depth = redis.call('zcard', KEYS[3])
-if tonumber(ARGV[5]) > 0 and depth >= tonumber(ARGV[5]) then
-  return {0, depth}
-end
-if not redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then
-  return {-1, depth}
-end
-redis.call('zadd', KEYS[2], ARGV[3], ARGV[4])
-redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
-redis.call('xadd', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'event', 'status', 'data', ARGV[7])
-redis.call('expire', KEYS[4], ARGV[2])
-return {1, depth}
-"""
-
-# The write half of ResultStore._update: run the given commands only if the record is
-# still the one read and a lease still exists (or not) as it did. KEYS: record, lease.
-# ARGV: record as read, 1/0 leased, number of commands, then each as (count, words...).
-# The commands name their own keys (one job's keys): fine on one Redis server, which is
-# what conveyor runs on; a Redis Cluster would need them all in KEYS and one hash slot.
-_COMMIT = """
-if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
-if redis.call('exists', KEYS[2]) ~= tonumber(ARGV[2]) then return 0 end
-local i = 4
-for _ = 1, tonumber(ARGV[3]) do
-  local n = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
-end
-return 1
-"""
 
 
 class QueueFull(Exception):
@@ -103,9 +59,9 @@ class ResultStore:
     def __init__(self, client: redis.Redis, *, ttl_s: int) -> None:
         self.r = client
         self.ttl_s = ttl_s
-        self._renew = client.register_script(_RENEW)
-        self._create = client.register_script(_CREATE)
-        self._commit = client.register_script(_COMMIT)
+        self._renew = client.register_script(scripts.RENEW)
+        self._create = client.register_script(scripts.CREATE)
+        self._commit = client.register_script(scripts.COMMIT)
         self._batch = EventBuffer(self._write_events)
 
     # keys
