@@ -95,6 +95,39 @@ def test_cancel_running_llama_within_a_second_keeps_partial_output(client, servi
     assert 0 < rec["metrics"]["completion_tokens"] == len(tokens) < 800
 
 
+# About 1700 tokens: seconds of prompt evaluation for SmolLM2 on a CPU, all in one
+# call into llama.cpp, before the first token exists.
+LONG_PROMPT = "Summarize these words: " + " ".join(f"w{i}" for i in range(445))
+
+
+def test_cancel_during_llama_prompt_evaluation_stops_it(client, services):
+    # A raw completion: its first chunk carries the first token, so a stop that waited
+    # for it would show one token here.
+    job = submit(client, {"model": "smollm2-135m", "task": "complete", "input": {
+        "prompt": LONG_PROMPT, "max_tokens": 50}})
+    until(client, job["id"], "running")
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+    rec = until(client, job["id"], TERMINAL, timeout=30)
+    # Stopped inside the evaluation: no token was ever generated (a stop between tokens
+    # would have come after the first one).
+    assert rec["status"] == "canceled" and rec["output"] == {"text": "",
+                                                               "finish_reason": "canceled"}
+    assert rec["metrics"]["completion_tokens"] == 0
+    assert not [e for e in services.store.read_events(job["id"]) if e[1] == "token"]
+    # The context was reset: the next job answers from a clean state.
+    after = submit(client, {"model": "smollm2-135m", "task": "chat", "input": {
+        "prompt": "What is the capital of France?", "max_tokens": 12, "temperature": 0}})
+    assert "Paris" in until(client, after["id"], TERMINAL, timeout=60)["output"]["text"]
+
+
+def test_deadline_during_llama_prompt_evaluation_stops_it(client):
+    job = submit(client, {"model": "smollm2-135m", "task": "chat", "timeout_s": 0.5,
+                          "input": {"prompt": "Again. " + LONG_PROMPT, "max_tokens": 50}})
+    rec = until(client, job["id"], TERMINAL, timeout=30)
+    assert rec["status"] == "failed" and rec["error"]["type"] == "timeout", rec
+    assert rec["output"]["text"] == "" and rec["metrics"]["completion_tokens"] == 0
+
+
 def test_cancel_running_echo_within_a_second(client):
     job = submit(client, {"model": "echo", "input": {"sleep_s": 30, "image": PNG_URL}})
     until(client, job["id"], "running")

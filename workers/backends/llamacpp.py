@@ -117,7 +117,15 @@ class LlamaCppBackend(Backend):
         completion = 0
         t0 = time.perf_counter()
         try:
-            first = _first(stream)
+            with _PromptAbort(self.llm, ctx) as abort:
+                try:
+                    first = _first(stream)
+                except RuntimeError:  # llama_decode returned 2: the hook stopped it
+                    if not abort.fired:
+                        raise
+                    self._forget_context()
+                    first = iter(())
+                    finish = "canceled" if ctx.canceled else "timeout"
             for chunk in first:
                 text, produced = delta_of(chunk)
                 if text:
@@ -132,9 +140,46 @@ class LlamaCppBackend(Backend):
             stream.close()
         elapsed = time.perf_counter() - t0
         # llama.cpp keeps prompt + generated tokens in its context; the rest is the prompt.
-        prompt = max(0, self.llm.n_tokens - completion)
+        prompt = max(0, self.llm.n_tokens - completion) if self.llm.n_tokens else None
         output = {"text": "".join(parts), "finish_reason": finish or "stop"}
         return Result(output, _metrics(prompt, completion, elapsed))
+
+
+    def _forget_context(self) -> None:
+        """Drop what an aborted evaluation left in the context; the next job starts clean."""
+        self.llm.reset()
+        self.llm._ctx.kv_cache_clear()
+
+
+class _PromptAbort:
+    """Stop llama.cpp's prompt evaluation when the job should stop.
+
+    Evaluating a prompt is one long call into llama.cpp, so a cancel or a deadline would
+    otherwise land only at the first generated token. llama.cpp calls this hook between
+    the nodes of its compute graph; it is removed once the first chunk is out, so token
+    generation pays nothing for it.
+    """
+
+    def __init__(self, llm, ctx: JobContext) -> None:
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self._context = llm._ctx.ctx
+        self._job = ctx
+        self.fired = False
+        self._hook = llama_cpp.ggml_abort_callback(self._check)  # kept alive while set
+
+    def _check(self, _data) -> bool:
+        if not self.fired and self._job.should_stop():
+            self.fired = True
+        return self.fired
+
+    def __enter__(self) -> _PromptAbort:
+        self._lib.llama_set_abort_callback(self._context, self._hook, None)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._lib.llama_set_abort_callback(self._context, self._lib.ggml_abort_callback(), None)
 
 
 def _completion_delta(chunk) -> tuple[str | None, bool]:
