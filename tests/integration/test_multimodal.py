@@ -218,9 +218,11 @@ def test_qwen2_audio_chat_and_transcribe(client, quant):
     assert isinstance(text["output"]["text"], str) and "finish_reason" not in text["output"]
 
 
-@pytest.mark.parametrize("quant", QUANTS)
-def test_omni_takes_text_image_audio_and_video_together(client, quant):
-    model = f"tiny-qwen25-omni-{quant}"
+# The thinker-only checkpoints at both quantizations, and a full checkpoint (thinker +
+# talker + vocoder) served by its thinker.
+@pytest.mark.parametrize("model", [*(f"tiny-qwen25-omni-{q}" for q in QUANTS),
+                                   "tiny-qwen25-omni-full-nf4"])
+def test_omni_takes_text_image_audio_and_video_together(client, model):
     plain = run(client, model, chat_parts(text="tell me everything"))
     rec = run(client, model, chat_parts(
         image_part(media.image(56, 56)), audio_part(media.audio(1.0)),
@@ -230,16 +232,9 @@ def test_omni_takes_text_image_audio_and_video_together(client, quant):
     assert isinstance(rec["output"]["text"], str)
 
 
-def test_full_omni_checkpoint_is_served_by_its_thinker_alone(client):
-    model = "tiny-qwen25-omni-full-nf4"
-    plain = run(client, model, chat_parts(text="tell me everything"))
-    rec = run(client, model, chat_parts(
-        image_part(media.image(56, 56)), audio_part(media.audio(1.0)),
-        video_part(media.video(2.0)), text="tell me everything"))
-    expected = IMAGE_56_TOKENS + AUDIO_1S_TOKENS + 2 * 4 + 3 * PLACEHOLDER_BRACKETS
-    assert rec["metrics"]["prompt_tokens"] - plain["metrics"]["prompt_tokens"] == expected
+def test_full_omni_checkpoint_loads_its_thinker_alone(client):
     models = {m["id"]: m for m in client.get("/admin/models").get_json()["models"]}
-    full = models[model]["workers"][0]["health"]
+    full = models["tiny-qwen25-omni-full-nf4"]["workers"][0]["health"]
     thinker_only = models["tiny-qwen25-omni-nf4"]["workers"][0]["health"]
     assert full["class"] == "Qwen2_5OmniThinkerForConditionalGeneration"
     # The same thinker in both checkpoints: the talker and vocoder were never loaded.
