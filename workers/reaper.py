@@ -14,14 +14,14 @@ from shared.config import Settings
 from shared.jobs import JobStatus, now
 from shared.payloads import PayloadStore
 from shared.registry import Registry
-from shared.results import IllegalTransition, ResultStore
+from shared.results import PREFIX, IllegalTransition, ResultStore
 from shared.sweeper import sweep_if_due
 from shared.webhooks import WebhookNotifier
 
 log = logging.getLogger(__name__)
 
 
-REDELIVERED_KEY = "conveyor:redelivered:{}"
+REDELIVERED_KEY = PREFIX + ":redelivered:{}"
 
 
 class Reaper:

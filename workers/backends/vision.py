@@ -52,8 +52,9 @@ class QwenVisionBackend(HFBackend):
         ]
         if "audio" in self.media_kinds:
             media.append(("audio", np.zeros(self.inputs.sampling_rate, np.float32)))
-        parts = [{"type": kind, kind: f"{kind}-{n}"} for n, (kind, _) in enumerate(media)]
-        messages = [{"role": "user", "content": [*parts, {"type": "text", "text": "Hello"}]}]
+        messages = [{"role": "user", "content": "Hello"}]
+        attach_media(messages, media)  # the placeholders a job's media get
+        messages, media = split_media(messages, self.media_kinds, self.spec.id)
         batch = to_device(self.inputs.build(messages, media), input_device(self.model),
                           self.model.dtype)
         self.model.generate(**batch, max_new_tokens=1, do_sample=False)
