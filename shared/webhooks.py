@@ -79,9 +79,15 @@ def backoff_s(attempt: int, *, base_s: float, max_s: float,
 
 
 # targets
+Resolver = Callable[..., list]  # socket.getaddrinfo's shape: (host, port, type=...) -> infos
+
+
 def check_target(url: str, *, allow_private: bool,
-                 resolve: Callable[..., list] = socket.getaddrinfo) -> None:
+                 resolve: Resolver = socket.getaddrinfo) -> None:
     """Refuse a webhook URL that is not http(s) or that resolves to a non-public address.
+
+    This answers for the name at this moment only; the webhook worker's transport checks
+    again the very addresses it connects to (DNS may answer differently by then).
 
     :raises WebhookTargetRefused: naming the reason.
     """
@@ -96,10 +102,22 @@ def check_target(url: str, *, allow_private: bool,
         return
     host = parts.hostname
     try:
-        infos = resolve(host, port or (443 if parts.scheme == "https" else 80),
-                        type=socket.SOCK_STREAM)
+        checked_addresses(host, port or (443 if parts.scheme == "https" else 80),
+                          allow_private=False, resolve=resolve)
     except (OSError, UnicodeError):
         raise _refused(f"webhook host {host!r} cannot be resolved") from None
+
+
+def checked_addresses(host: str, port: int, *, allow_private: bool,
+                      resolve: Resolver = socket.getaddrinfo) -> list:
+    """Resolve host once and return its getaddrinfo entries, all of them public.
+
+    :raises OSError: when the name does not resolve (socket.gaierror).
+    :raises WebhookTargetRefused: when any address is loopback, private or reserved.
+    """
+    infos = resolve(host, port, type=socket.SOCK_STREAM)
+    if allow_private:
+        return infos
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
@@ -107,6 +125,7 @@ def check_target(url: str, *, allow_private: bool,
         if not address.is_global:
             raise _refused(f"webhook host {host!r} resolves to {address}, a loopback, private "
                            f"or reserved address (set CONVEYOR_WEBHOOK_ALLOW_PRIVATE to allow)")
+    return infos
 
 
 def _refused(message: str) -> WebhookTargetRefused:

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -44,61 +45,107 @@ def verify_standard_webhook(secret: str, headers: dict[str, str], body: bytes,
 
 
 class Delivery:
-    """One request the receiver got."""
+    """One request the receiver got (any method: a followed redirect may turn into a GET)."""
 
-    def __init__(self, headers: dict[str, str], body: bytes, status: int) -> None:
+    def __init__(self, n: int, method: str, path: str, headers: dict[str, str],
+                 body: bytes) -> None:
+        self.n = n
+        self.method = method
+        self.path = path
         self.headers = headers
         self.body = body
-        self.status = status
+        self.status = 0  # set once `respond` answered
         self.at = time.time()
-        self.json = json.loads(body)
+        self.json = json.loads(body) if body else {}
 
     @property
     def id(self) -> str:
-        return self.headers["webhook-id"]
+        return self.headers.get("webhook-id", "")
 
     @property
     def event(self) -> str:
-        return self.id.split("_")[2]
+        return self.id.split("_")[2] if self.id.count("_") >= 2 else ""
+
+
+Reply = int | tuple[int, dict[str, str]]  # a status, or a status and extra headers
 
 
 class Receiver:
-    """A threaded http.server on 127.0.0.1 that records every POST and answers `respond(n)`."""
+    """A threaded http(s) server on 127.0.0.1 that records every request and answers
+    `respond(delivery)`: a status, or a status and headers (Retry-After, Location).
 
-    def __init__(self, respond: Callable[[int], int] = lambda n: 200, port: int = 0) -> None:
+    The port is bound at once (port 0, read back) and kept: with `listening=False` it is
+    bound but not listening, so connections are refused until `listen()` — no other
+    process can take the port in between.
+    """
+
+    def __init__(self, respond: Callable[[Delivery], Reply] = lambda d: 200, *,
+                 listening: bool = True, tls: ssl.SSLContext | None = None) -> None:
         self.respond = respond
         self.deliveries: list[Delivery] = []
         self.lock = threading.Lock()
+        self.scheme = "https" if tls else "http"
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            def setup(self) -> None:
+                if tls is not None:
+                    # Handshake here, in the connection's own thread, not in accept().
+                    self.request = tls.wrap_socket(self.request, server_side=True)
+                super().setup()
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with receiver.lock:
-                    status = receiver.respond(len(receiver.deliveries) + 1)
-                    receiver.deliveries.append(Delivery(
-                        {k.lower(): v for k, v in self.headers.items()}, body, status))
-                self.send_response(status)
+                    got = Delivery(len(receiver.deliveries) + 1, self.command, self.path,
+                                   {k.lower(): v for k, v in self.headers.items()}, body)
+                    reply = receiver.respond(got)
+                    got.status, extra = reply if isinstance(reply, tuple) else (reply, {})
+                    receiver.deliveries.append(got)
+                self.send_response(got.status)
+                for name, value in extra.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+
+            do_GET = do_PUT = do_POST
 
             def log_message(self, *_args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
         self.server.daemon_threads = True
+        self.server.server_bind()
+        if tls is not None:
+            # A client refusing our certificate is a test's expected outcome, not an error.
+            self.server.handle_error = lambda *_args: None
         self.port = self.server.server_address[1]
+        self.thread: threading.Thread | None = None
+        if listening:
+            self.listen()
+
+    def listen(self) -> None:
+        """Start accepting connections on the port bound at construction."""
+        self.server.server_activate()
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        return self.url_at("127.0.0.1")
+
+    def url_at(self, host: str) -> str:
+        """Return this receiver's URL under another host name (that a resolver maps here)."""
+        return f"{self.scheme}://{host}:{self.port}/hook"
 
     def of(self, job_id: str, event: str | None = None) -> list[Delivery]:
         with self.lock:
             return [d for d in self.deliveries if d.json.get("id") == job_id
                     and (event is None or d.event == event)]
+
+    def all(self) -> list[Delivery]:
+        with self.lock:
+            return list(self.deliveries)
 
     def wait(self, job_id: str, event: str, count: int = 1, timeout: float = 30) -> list:
         wait_for(lambda: len(self.of(job_id, event)) >= count, timeout,
@@ -106,7 +153,8 @@ class Receiver:
         return self.of(job_id, event)
 
     def close(self) -> None:
-        self.server.shutdown()
+        if self.thread is not None:
+            self.server.shutdown()
         self.server.server_close()
 
 

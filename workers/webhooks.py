@@ -7,18 +7,25 @@ sends the same bytes with a fresh timestamp and signature.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 import requests
 from celery import Celery
 from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutdown
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
 from shared.celery_app import DELIVER_WEBHOOK, WEBHOOK_QUEUE, enqueue_webhook, make_celery
 from shared.config import Settings
@@ -29,9 +36,11 @@ from shared.results import ResultStore, connect
 from shared.webhooks import (
     DONE,
     SNAPSHOT_KEY,
+    Resolver,
     WebhookTargetRefused,
     backoff_s,
     check_target,
+    checked_addresses,
     secret_key,
     signed_headers,
 )
@@ -46,10 +55,12 @@ HEARTBEAT_S = 3.0
 class Deliverer:
     """One delivery attempt: sign, POST with a timeout, record it, schedule a retry."""
 
-    def __init__(self, settings: Settings, store: ResultStore, app: Celery) -> None:
+    def __init__(self, settings: Settings, store: ResultStore, app: Celery, *,
+                 resolve: Resolver = socket.getaddrinfo) -> None:
         self.settings = settings
         self.store = store
         self.app = app
+        self.resolve = resolve
         self.key = secret_key(settings.webhook_secret) if settings.webhook_secret else None
         if self.key is None:
             log.warning("CONVEYOR_WEBHOOK_SECRET is not set: webhooks are sent unsigned")
@@ -65,12 +76,15 @@ class Deliverer:
             self._close(msg_id)  # `completed` carries the whole output now
             return "dropped"
         try:
-            check_target(url, allow_private=self.settings.webhook_allow_private)
+            # Refuse early and clearly; the transport checks again what it connects to.
+            check_target(url, allow_private=self.settings.webhook_allow_private,
+                         resolve=self.resolve)
+            status, error, retry_after = self._post(url, msg_id, snap["body"].encode())
         except WebhookTargetRefused as exc:
             self._record(job_id, msg_id, event, attempt, "refused", exc.message)
             self._close(msg_id)
+            log.warning("job %s: webhook %s refused: %s", job_id, event, exc.message)
             return "refused"
-        status, error, retry_after = self._post(url, msg_id, snap["body"].encode())
         self._record(job_id, msg_id, event, attempt, status, error)
         if isinstance(status, int) and 200 <= status < 300:
             self._close(msg_id)
@@ -91,11 +105,18 @@ class Deliverer:
         return "gave_up"
 
     def _post(self, url: str, msg_id: str, body: bytes) -> tuple[int | str, str | None, str | None]:
+        """POST once over a fresh session, so every attempt resolves and checks anew.
+
+        :raises WebhookTargetRefused: when the host now resolves to a non-public address.
+        """
         headers = signed_headers(self.key, msg_id, body)
+        session = webhook_session(allow_private=self.settings.webhook_allow_private,
+                                  resolve=self.resolve)
         try:
             # Redirects are not followed: they could lead to a private address.
-            with requests.post(url, data=body, headers=headers, allow_redirects=False,
-                               timeout=self.settings.webhook_timeout_s, stream=True) as resp:
+            with session, session.post(url, data=body, headers=headers, allow_redirects=False,
+                                       timeout=self.settings.webhook_timeout_s,
+                                       stream=True) as resp:
                 return resp.status_code, None, resp.headers.get("Retry-After")
         except requests.RequestException as exc:
             return "network_error", f"{type(exc).__name__}: {exc}"[:500], None
@@ -117,6 +138,111 @@ class Deliverer:
     def _close(self, msg_id: str) -> None:
         # Keep a marker, not nothing: a late trigger of the same event then stays a no-op.
         self.store.r.set(SNAPSHOT_KEY.format(msg_id), DONE, keepttl=True, xx=True)
+
+
+# transport
+class _PinnedConnection:
+    """Mixin for urllib3 connections: resolve the host once, check every address, connect to
+    one of exactly those.
+
+    Only the socket's destination changes: `host` stays the name, so the Host header, TLS
+    SNI and certificate verification are the name's, as without the mixin.
+    """
+
+    addresses: Callable[[str, int], list]  # set per adapter, see _pool_classes
+    host: str
+    port: int
+    timeout: object
+    source_address: tuple[str, int] | None
+    socket_options: list | None
+
+    def _new_conn(self) -> socket.socket:
+        try:
+            infos = self.addresses(self.host, self.port)
+        except (OSError, UnicodeError) as exc:
+            raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
+        error: OSError = OSError(f"{self.host!r} resolved to no address")
+        for family, socktype, proto, _name, sockaddr in infos:
+            try:
+                sock = self._connect(family, socktype, proto, sockaddr)
+            except OSError as exc:  # try the next address, as urllib3 itself does
+                error = exc
+                continue
+            sys.audit("http.client.connect", self, self.host, self.port)
+            return sock
+        if isinstance(error, TimeoutError):
+            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out. "
+                                            f"(connect timeout={self.timeout})") from error
+        raise NewConnectionError(  # type: ignore[arg-type]
+            self, f"Failed to establish a new connection: {error}") from error
+
+    def _connect(self, family: int, socktype: int, proto: int, sockaddr: tuple) -> socket.socket:
+        sock = socket.socket(family, socktype, proto)
+        try:
+            for option in self.socket_options or ():
+                sock.setsockopt(*option)
+            # urllib3 hands a sentinel (not a number) when no timeout was given.
+            if self.timeout is None or isinstance(self.timeout, (int, float)):
+                sock.settimeout(self.timeout)
+            if self.source_address:
+                sock.bind(self.source_address)
+            sock.connect(sockaddr)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+def _pool_classes(addresses: Callable[[str, int], list]) -> dict[str, type]:
+    class PinnedHTTPConnection(_PinnedConnection, HTTPConnection):
+        pass
+
+    class PinnedHTTPSConnection(_PinnedConnection, HTTPSConnection):
+        pass
+
+    PinnedHTTPConnection.addresses = PinnedHTTPSConnection.addresses = staticmethod(addresses)
+
+    class PinnedHTTPPool(HTTPConnectionPool):
+        ConnectionCls = PinnedHTTPConnection
+
+    class PinnedHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = PinnedHTTPSConnection
+
+    return {"http": PinnedHTTPPool, "https": PinnedHTTPSPool}
+
+
+class PinnedAdapter(HTTPAdapter):
+    """A requests transport whose every connection goes to an address checked as it is made.
+
+    Checking a name and then letting the HTTP client resolve it again is open to DNS
+    rebinding: the second answer can be 127.0.0.1 or 169.254.169.254.
+    """
+
+    def __init__(self, *, allow_private: bool, resolve: Resolver = socket.getaddrinfo) -> None:
+        # Set before super().__init__, which builds the pool manager.
+        self._addresses = functools.partial(checked_addresses, allow_private=allow_private,
+                                            resolve=resolve)
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _pool_classes(self._addresses)
+
+    def send(self, request, **kwargs):
+        # Never through a proxy (from the environment or elsewhere): a proxy would resolve
+        # the name itself, out of reach of the check.
+        kwargs["proxies"] = {}
+        return super().send(request, **kwargs)
+
+
+def webhook_session(*, allow_private: bool,
+                    resolve: Resolver = socket.getaddrinfo) -> requests.Session:
+    """Return a requests session that sends webhooks only over PinnedAdapter connections."""
+    session = requests.Session()
+    adapter = PinnedAdapter(allow_private=allow_private, resolve=resolve)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 def _ended(job: JobRecord | None) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+import socket
 
 import pytest
 
@@ -11,7 +11,7 @@ from shared.celery_app import make_celery
 from shared.jobs import JobRecord, Webhook, new_job_id, now
 from shared.registry import load_registry
 from shared.results import ResultStore, connect
-from shared.webhooks import WebhookNotifier
+from shared.webhooks import SNAPSHOT_KEY, WebhookNotifier
 from tests.conftest import wait_for
 from tests.webhook_receiver import Receiver, start_webhook_worker, verify_standard_webhook
 from workers.webhooks import Deliverer
@@ -20,13 +20,20 @@ pytestmark = pytest.mark.timeout(300)
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 MAX_ATTEMPTS = 5
+BACKOFF_S, BACKOFF_MAX_S = 0.2, 2.0
+PUBLIC = "93.184.216.34"
 
 
 @pytest.fixture(scope="module")
 def settings(make_settings):
     return make_settings(webhook_secret=SECRET, webhook_allow_private=True,
-                         webhook_max_attempts=MAX_ATTEMPTS, webhook_backoff_s=0.2,
-                         webhook_backoff_max_s=1.0, webhook_timeout_s=2.0)
+                         webhook_max_attempts=MAX_ATTEMPTS, webhook_backoff_s=BACKOFF_S,
+                         webhook_backoff_max_s=BACKOFF_MAX_S, webhook_timeout_s=2.0)
+
+
+@pytest.fixture(scope="module")
+def store(settings):
+    return ResultStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +69,16 @@ def deliveries(client, job_id, event=None):
     return [d for d in hook["deliveries"] if event is None or d["event"] == event]
 
 
+def closed(store, msg_id) -> bool:
+    """Whether the webhook worker is done with an event: no attempt of it can follow."""
+    raw = store.r.get(SNAPSHOT_KEY.format(msg_id))
+    return raw is not None and json.loads(raw) == {"done": True}
+
+
+def wait_closed(store, msg_id, timeout: float = 30) -> None:
+    wait_for(lambda: closed(store, msg_id), timeout, what=f"webhook {msg_id} finished")
+
+
 def test_every_event_arrives_signed_and_verifies(client, receiver):
     job = submit(client, input_={"sleep_s": 1.5}, webhook=receiver.url)
     assert job["webhook"] == {"url": receiver.url, "events": ["start", "output", "completed"],
@@ -90,11 +107,14 @@ def test_every_event_arrives_signed_and_verifies(client, receiver):
         (d.id, 200, 1) for d in [start, *outputs, done]}
 
 
-def test_events_filter_picks_events(client, receiver):
+def test_events_filter_picks_events(client, receiver, store):
     job = submit(client, input_={"sleep_s": 1.2}, webhook=receiver.url,
                  webhook_events_filter=["completed"])
     receiver.wait(job["id"], "completed")
-    time.sleep(0.5)
+    # The notifier freezes an event before queueing it, and `start` would come before
+    # `completed`: its absence now means it was never queued.
+    keys = sorted(store.r.scan_iter(SNAPSHOT_KEY.format(f"msg_{job['id']}_*")))
+    assert keys == [SNAPSHOT_KEY.format(f"msg_{job['id']}_completed")], keys
     assert [d.event for d in receiver.of(job["id"])] == ["completed"]
     bad = client.post("/v1/jobs", json={"model": "echo", "input": {}, "webhook": receiver.url,
                                         "webhook_events_filter": ["done"]})
@@ -121,15 +141,12 @@ def test_output_events_are_throttled_and_carry_partial_text(client, receiver):
 
 
 def test_receiver_down_then_up_still_gets_completed_with_same_id(client):
-    down = Receiver()
-    port = down.port
-    down.close()  # nothing listens: connection refused, a network error
-    job = submit(client, webhook=f"http://127.0.0.1:{port}/hook",
-                 webhook_events_filter=["completed"])
-    wait_for(lambda: len(deliveries(client, job["id"], "completed")) >= 2, 30, interval=0.02,
-             what="two failed attempts")
-    rx = Receiver(port=port)
+    rx = Receiver(listening=False)  # port held but not listening: connection refused
     try:
+        job = submit(client, webhook=rx.url, webhook_events_filter=["completed"])
+        wait_for(lambda: len(deliveries(client, job["id"], "completed")) >= 2, 30,
+                 interval=0.02, what="two failed attempts")
+        rx.listen()
         [got] = rx.wait(job["id"], "completed", timeout=30)
         assert verify_standard_webhook(SECRET, got.headers, got.body)
         assert got.json["status"] == "succeeded"
@@ -144,18 +161,20 @@ def test_receiver_down_then_up_still_gets_completed_with_same_id(client):
         rx.close()
 
 
-def test_always_failing_receiver_is_retried_up_to_the_limit(client):
-    rx = Receiver(respond=lambda n: 503)
+def test_always_failing_receiver_is_retried_up_to_the_limit(client, store):
+    rx = Receiver(respond=lambda d: 503)
     try:
         job = submit(client, webhook=rx.url, webhook_events_filter=["completed"])
-        rx.wait(job["id"], "completed", count=MAX_ATTEMPTS, timeout=30)
-        time.sleep(2.5)  # longer than the largest backoff: no further attempt comes
+        wait_closed(store, f"msg_{job['id']}_completed")  # given up: no attempt follows
         got = rx.of(job["id"])
         assert len(got) == MAX_ATTEMPTS
         assert len({d.id for d in got}) == 1
         assert all(verify_standard_webhook(SECRET, d.headers, d.body) for d in got)
+        # Each wait is at least half its exponential step (the other half is jitter); a
+        # constant or a linear backoff falls short of the later ones.
         gaps = [b.at - a.at for a, b in zip(got, got[1:], strict=False)]
-        assert all(g >= 0.09 for g in gaps), gaps  # backoff, not a tight loop
+        least = [min(BACKOFF_MAX_S, BACKOFF_S * 2 ** n) / 2 for n in range(MAX_ATTEMPTS - 1)]
+        assert all(g >= low - 0.02 for g, low in zip(gaps, least, strict=True)), (gaps, least)
         attempts = deliveries(client, job["id"])
         assert [(d["attempt"], d["status"]) for d in attempts] == [
             (n, 503) for n in range(1, MAX_ATTEMPTS + 1)]
@@ -164,30 +183,65 @@ def test_always_failing_receiver_is_retried_up_to_the_limit(client):
         rx.close()
 
 
-def test_client_errors_are_not_retried_but_429_is(client):
-    gone = Receiver(respond=lambda n: 410)
-    busy = Receiver(respond=lambda n: 429 if n == 1 else 204)
+def test_client_errors_are_not_retried_but_429_is_after_its_retry_after(client, store):
+    gone = Receiver(respond=lambda d: 410)
+    # Retry-After (2 s) is ten times the backoff's first step (at most 0.2 s).
+    busy = Receiver(respond=lambda d: (429, {"Retry-After": "2"}) if d.n == 1 else 204)
     try:
         a = submit(client, webhook=gone.url, webhook_events_filter=["completed"])
         b = submit(client, webhook=busy.url, webhook_events_filter=["completed"])
-        busy.wait(b["id"], "completed", count=2)
-        gone.wait(a["id"], "completed")
-        time.sleep(1.5)
+        first, second = busy.wait(b["id"], "completed", count=2)
+        assert second.at - first.at >= 2.0 - 0.02, second.at - first.at
+        wait_closed(store, f"msg_{a['id']}_completed")
         assert len(gone.of(a["id"])) == 1
         assert [d["status"] for d in deliveries(client, a["id"])] == [410]
+        wait_closed(store, f"msg_{b['id']}_completed")
         assert [d["status"] for d in deliveries(client, b["id"])] == [429, 204]
     finally:
         gone.close()
         busy.close()
 
 
-def test_queued_job_canceled_from_the_web_sends_completed(client, receiver):
+def test_redirects_are_not_followed(client, store):
+    # 307 keeps the method and body: a client that followed it would POST to /moved.
+    rx = Receiver(respond=lambda d: (307, {"Location": "/moved"}) if d.path == "/hook" else 200)
+    try:
+        job = submit(client, webhook=rx.url, webhook_events_filter=["completed"])
+        wait_closed(store, f"msg_{job['id']}_completed")
+        assert [(d.method, d.path) for d in rx.all()] == [("POST", "/hook")]
+        assert [(d["attempt"], d["status"]) for d in deliveries(client, job["id"])] == [(1, 307)]
+    finally:
+        rx.close()
+
+
+def test_output_still_undelivered_when_the_job_ends_is_dropped(client, store):
+    # Echo reports progress once, at 1 s; the receiver puts that `output` off for 2 s, past
+    # the job's end at 1.5 s, so its retry finds the job ended and drops it.
+    rx = Receiver(respond=lambda d: (429, {"Retry-After": "2"}) if d.event == "output" else 200)
+    try:
+        job = submit(client, input_={"sleep_s": 1.5}, webhook=rx.url,
+                     webhook_events_filter=["output", "completed"])
+        [output] = rx.wait(job["id"], "output")
+        [done] = rx.wait(job["id"], "completed")
+        assert done.json["output"] == {"echo": {"sleep_s": 1.5}}  # it carries the output
+        wait_closed(store, output.id)
+        assert len(rx.of(job["id"], "output")) == 1
+        assert [(d["attempt"], d["status"]) for d in deliveries(client, job["id"], "output")] == [
+            (1, 429)]
+    finally:
+        rx.close()
+
+
+def test_queued_job_canceled_from_the_web_sends_completed(client, receiver, store):
     job = submit(client, "minilm", {"text": "never runs"}, webhook=receiver.url)
     assert client.post(f"/v1/jobs/{job['id']}/cancel").get_json()["status"] == "canceled"
     [done] = receiver.wait(job["id"], "completed")
     assert done.json["status"] == "canceled" and done.json["started_at"] is None
+    msg_id = f"msg_{job['id']}_completed"
+    wait_closed(store, msg_id)
     client.post(f"/v1/jobs/{job['id']}/cancel")  # a second cancel sends nothing new
-    time.sleep(1)
+    # Queueing again would have replaced the done marker with a fresh body.
+    assert closed(store, msg_id)
     assert [d.event for d in receiver.of(job["id"])] == ["completed"]
 
 
@@ -236,19 +290,70 @@ def test_public_target_is_accepted(settings, make_app):
     client.post(f"/v1/jobs/{resp.get_json()['id']}/cancel")
 
 
-def test_delivery_time_check_refuses_a_target_gone_private(settings, receiver):
-    """A host may resolve elsewhere after submit; the worker checks again before sending."""
-    strict = settings.model_copy(update={"webhook_allow_private": False})
-    store = ResultStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s)
+def ended_job(store, url: str) -> tuple[JobRecord, str]:
+    """Return a canceled job whose `completed` event to url is queued, and that event's id."""
     job = JobRecord(id=new_job_id(), model="echo", task="echo", created_at=now(),
-                    webhook=Webhook(url=receiver.url, events=["completed"]))
+                    webhook=Webhook(url=url, events=["completed"]))
     store.create(job)
     sent: list[str] = []
     WebhookNotifier(store.r, sent.append, ttl_s=60).ended(store.mark_canceled(job.id))
-    deliverer = Deliverer(strict, store, make_celery(strict, load_registry(strict.registry)))
+    return job, sent[0]
+
+
+def deliverer_for(settings, store, **kwargs) -> Deliverer:
+    return Deliverer(settings, store, make_celery(settings, load_registry(settings.registry)),
+                     **kwargs)
+
+
+class Rebinding:
+    """A resolver that answers a public address first and loopback from then on."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, host, port, type=0):
+        self.calls += 1
+        address = PUBLIC if self.calls == 1 else "127.0.0.1"
+        return [(socket.AF_INET, type, socket.IPPROTO_TCP, "", (address, port))]
+
+
+def test_name_rebinding_to_loopback_after_the_check_is_never_connected(settings, store,
+                                                                      receiver):
+    """DNS rebinding: the check sees a public address, the connection would get loopback."""
+    strict = settings.model_copy(update={"webhook_allow_private": False})
+    # `localhost` is loopback in the system resolver too: a client that resolved the name
+    # itself, after our check, would reach the receiver.
+    job, msg_id = ended_job(store, receiver.url_at("localhost"))
+    resolve = Rebinding()
+    assert deliverer_for(strict, store, resolve=resolve).deliver(msg_id, 1) == "refused"
+    assert resolve.calls == 2  # the check, then the connection: one answer each
+    assert receiver.all() == []
+    [attempt] = store.get(job.id).webhook.deliveries
+    assert attempt.status == "refused" and "127.0.0.1" in attempt.error
+    assert closed(store, msg_id)
+
+
+def test_delivery_connects_to_the_resolved_address_and_keeps_the_host_name(settings, store,
+                                                                          receiver):
+    def resolve(host, port, type=0):  # .invalid never resolves in real DNS
+        return [(socket.AF_INET, type, socket.IPPROTO_TCP, "", ("127.0.0.1", port))]
+
+    job, msg_id = ended_job(store, receiver.url_at("hooks.invalid"))
+    assert deliverer_for(settings, store, resolve=resolve).deliver(msg_id, 1) == "delivered"
+    [got] = receiver.all()
+    assert got.headers["host"] == f"hooks.invalid:{receiver.port}"
+    assert verify_standard_webhook(SECRET, got.headers, got.body) and got.json["id"] == job.id
+
+
+def test_delivery_time_check_refuses_a_target_gone_private(settings, store, receiver):
+    """A host may resolve elsewhere after submit; the worker checks again before sending."""
+    strict = settings.model_copy(update={"webhook_allow_private": False})
+    job, msg_id = ended_job(store, receiver.url)
+    sent = [msg_id]
+    deliverer = deliverer_for(strict, store)
     assert deliverer.deliver(sent[0], 1) == "refused"
     assert deliverer.deliver(sent[0], 1) == "done"  # a redelivered message sends nothing
     [attempt] = store.get(job.id).webhook.deliveries
     assert attempt.status == "refused" and "loopback" in attempt.error
     assert receiver.of(job.id) == []
-    assert json.loads(store.r.get(f"conveyor:webhook:{sent[0]}")) == {"done": True}
+    assert closed(store, sent[0])

@@ -1,13 +1,21 @@
-"""Webhook signing, backoff, target checks, the notifier, expiry at claim, the sweeper."""
+"""Webhook signing, backoff, target checks, the pinned transport, the notifier, expiry at
+claim, the sweeper."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import socket
+import ssl
 import time
 
 import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from shared.celery_app import COOPERATIVE_GRACE_S, job_deadline_s, job_time_limits
 from shared.config import Settings
@@ -26,6 +34,8 @@ from shared.webhooks import (
     sign,
     signed_headers,
 )
+from tests.webhook_receiver import Receiver
+from workers.webhooks import webhook_session
 
 # The published Standard Webhooks test vector.
 VECTOR = dict(secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
@@ -101,6 +111,113 @@ def test_real_resolver_refuses_loopback_names_and_allow_private_skips_dns():
         raise AssertionError("resolved although private targets are allowed")
 
     check_target("http://localhost:8080/hook", allow_private=True, resolve=must_not_resolve)
+
+
+class CountingResolver:
+    """A resolver that maps every name to the next of `answers` (the last one repeats)."""
+
+    def __init__(self, *answers: str) -> None:
+        self.answers = answers
+        self.calls: list[tuple[str, int]] = []
+
+    def __call__(self, host, port, type=0):
+        self.calls.append((host, port))
+        address = self.answers[min(len(self.calls), len(self.answers)) - 1]
+        return resolver(address)(host, port, type)
+
+
+@pytest.fixture
+def receiver():
+    rx = Receiver()
+    yield rx
+    rx.close()
+
+
+def test_transport_connects_to_the_resolved_address_with_the_original_host(receiver):
+    # .invalid never resolves in real DNS: the request arrives only through our resolver.
+    resolve = CountingResolver("127.0.0.1")
+    url = receiver.url_at("hooks.invalid")
+    for _ in range(2):
+        with webhook_session(allow_private=True, resolve=resolve) as session:
+            assert session.post(url, data=b"{}", timeout=5).status_code == 200
+    got = receiver.all()
+    assert [(d.path, d.headers["host"]) for d in got] == [
+        ("/hook", f"hooks.invalid:{receiver.port}")] * 2
+    assert resolve.calls == [("hooks.invalid", receiver.port)] * 2  # once per connection
+
+
+@pytest.mark.parametrize("answers", [("127.0.0.1",), ("93.184.216.34", "127.0.0.1")])
+def test_transport_refuses_a_private_answer_as_it_connects(receiver, answers):
+    session = webhook_session(allow_private=False, resolve=resolver(*answers))
+    with session, pytest.raises(WebhookTargetRefused, match="127.0.0.1"):
+        session.post(receiver.url_at("hooks.example"), data=b"{}", timeout=5)
+    assert receiver.all() == []
+
+
+def test_transport_ignores_proxies_from_the_environment(receiver, monkeypatch):
+    # A proxy would resolve the name itself; this one does not exist, so using it fails.
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with webhook_session(allow_private=True, resolve=CountingResolver("127.0.0.1")) as session:
+        assert session.post(receiver.url_at("hooks.invalid"), timeout=5).status_code == 200
+
+
+def make_tls(tmp_path, name: str) -> tuple[ssl.SSLContext, str]:
+    """Return a server context for `name` signed by a CA made now, and that CA's PEM path."""
+    def cert(subject: str, key, issuer: str, issuer_key, *, ca: bool):
+        start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(start).not_valid_after(start + datetime.timedelta(hours=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if ca:
+            builder = builder.add_extension(x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True,
+                content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        else:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    ca_cert = cert("conveyor test CA", ca_key, "conveyor test CA", ca_key, ca=True)
+    leaf = cert(name, leaf_key, "conveyor test CA", ca_key, ca=False)
+    pem = serialization.Encoding.PEM
+    (tmp_path / "ca.pem").write_bytes(ca_cert.public_bytes(pem))
+    (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(pem))
+    (tmp_path / "leaf.key").write_bytes(leaf_key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
+    return context, str(tmp_path / "ca.pem")
+
+
+def test_transport_keeps_sni_and_certificate_checks_on_the_host_name(tmp_path):
+    context, ca = make_tls(tmp_path, "hooks.test")
+    sni: list[str | None] = []
+    context.sni_callback = lambda _sock, name, _ctx: sni.append(name)
+    rx = Receiver(tls=context)
+    resolve = CountingResolver("127.0.0.1")
+    try:
+        with webhook_session(allow_private=True, resolve=resolve) as session:
+            resp = session.post(rx.url_at("hooks.test"), data=b"{}", verify=ca, timeout=5)
+            assert resp.status_code == 200
+            # The certificate names hooks.test, not the address we connected to.
+            with pytest.raises(requests.exceptions.SSLError, match="match|mismatch"):
+                session.post(rx.url_at("other.test"), data=b"{}", verify=ca, timeout=5)
+            # Verification stays on: our CA is not in the default bundle.
+            with pytest.raises(requests.exceptions.SSLError, match="verify"):
+                session.post(rx.url_at("hooks.test"), data=b"{}", timeout=5)
+        assert sni == ["hooks.test", "other.test", "hooks.test"]
+        assert [d.headers["host"] for d in rx.all()] == [f"hooks.test:{rx.port}"]
+    finally:
+        rx.close()
 
 
 def test_job_deadline_is_capped_by_the_model_and_celery_limits_sit_past_it():
