@@ -57,19 +57,30 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
-def signed_headers(key: bytes | None, msg_id: str, body: bytes,
-                   timestamp: int | None = None) -> dict[str, str]:
+def signed_headers(
+    key: bytes | None, msg_id: str, body: bytes, timestamp: int | None = None
+) -> dict[str, str]:
     """Return the headers of one delivery attempt (unsigned when no secret is set)."""
     ts = int(time.time()) if timestamp is None else timestamp
-    headers = {"content-type": "application/json", "user-agent": "conveyor-webhooks",
-               "webhook-id": msg_id, "webhook-timestamp": str(ts)}
+    headers = {
+        "content-type": "application/json",
+        "user-agent": "conveyor-webhooks",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+    }
     if key is not None:
         headers["webhook-signature"] = sign(key, msg_id, ts, body)
     return headers
 
 
-def backoff_s(attempt: int, *, base_s: float, max_s: float,
-              retry_after: str | None = None, rand: Callable[[], float] = random.random) -> float:
+def backoff_s(
+    attempt: int,
+    *,
+    base_s: float,
+    max_s: float,
+    retry_after: str | None = None,
+    rand: Callable[[], float] = random.random,
+) -> float:
     """Return the delay before attempt+1: exponential from base_s, half of it jittered."""
     delay = min(max_s, base_s * 2 ** (attempt - 1))
     delay = delay / 2 + rand() * delay / 2
@@ -82,8 +93,7 @@ def backoff_s(attempt: int, *, base_s: float, max_s: float,
 Resolver = Callable[..., list]  # socket.getaddrinfo's shape: (host, port, type=...) -> infos
 
 
-def check_target(url: str, *, allow_private: bool,
-                 resolve: Resolver = socket.getaddrinfo) -> None:
+def check_target(url: str, *, allow_private: bool, resolve: Resolver = socket.getaddrinfo) -> None:
     """Refuse a webhook URL that is not http(s) or that resolves to a non-public address.
 
     This answers for the name at this moment only; the webhook worker's transport checks
@@ -102,14 +112,19 @@ def check_target(url: str, *, allow_private: bool,
         return
     host = parts.hostname
     try:
-        checked_addresses(host, port or (443 if parts.scheme == "https" else 80),
-                          allow_private=False, resolve=resolve)
+        checked_addresses(
+            host,
+            port or (443 if parts.scheme == "https" else 80),
+            allow_private=False,
+            resolve=resolve,
+        )
     except (OSError, UnicodeError):
         raise _refused(f"webhook host {host!r} cannot be resolved") from None
 
 
-def checked_addresses(host: str, port: int, *, allow_private: bool,
-                      resolve: Resolver = socket.getaddrinfo) -> list:
+def checked_addresses(
+    host: str, port: int, *, allow_private: bool, resolve: Resolver = socket.getaddrinfo
+) -> list:
     """Resolve host once and return its getaddrinfo entries, all of them public.
 
     :raises OSError: when the name does not resolve (socket.gaierror).
@@ -123,8 +138,10 @@ def checked_addresses(host: str, port: int, *, allow_private: bool,
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped
         if not address.is_global:
-            raise _refused(f"webhook host {host!r} resolves to {address}, a loopback, private "
-                           f"or reserved address (set CONVEYOR_WEBHOOK_ALLOW_PRIVATE to allow)")
+            raise _refused(
+                f"webhook host {host!r} resolves to {address}, a loopback, private "
+                f"or reserved address (set CONVEYOR_WEBHOOK_ALLOW_PRIVATE to allow)"
+            )
     return infos
 
 
@@ -136,8 +153,14 @@ def _refused(message: str) -> WebhookTargetRefused:
 class WebhookNotifier:
     """Queue each webhook event of a job once: freeze its body, then send its id."""
 
-    def __init__(self, client: redis.Redis, send: Callable[[str], None], *, ttl_s: int,
-                 output_interval_s: float = OUTPUT_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        send: Callable[[str], None],
+        *,
+        ttl_s: int,
+        output_interval_s: float = OUTPUT_INTERVAL_S,
+    ) -> None:
         self.r = client
         self.send = send
         self.ttl_s = ttl_s
@@ -177,8 +200,14 @@ class WebhookNotifier:
     def _queue(self, job: JobRecord, event: str, msg_id: str, body: dict[str, Any]) -> None:
         if not _wants(job, event):
             return
-        snapshot = json.dumps({"job_id": job.id, "event": event, "url": job.webhook.url,
-                               "body": json.dumps(body, separators=(",", ":"))})
+        snapshot = json.dumps(
+            {
+                "job_id": job.id,
+                "event": event,
+                "url": job.webhook.url,
+                "body": json.dumps(body, separators=(",", ":")),
+            }
+        )
         try:
             # NX: a second trigger of the same event (web and worker racing) sends nothing.
             if not self.r.set(SNAPSHOT_KEY.format(msg_id), snapshot, nx=True, ex=self.ttl_s):
@@ -187,8 +216,13 @@ class WebhookNotifier:
         except Exception:  # a webhook must never break the job path
             with contextlib.suppress(redis.RedisError):
                 self.r.delete(SNAPSHOT_KEY.format(msg_id))  # a later trigger may try again
-            log.warning("job %s model %s: could not queue webhook %s", job.id, job.model,
-                        event, exc_info=True)
+            log.warning(
+                "job %s model %s: could not queue webhook %s",
+                job.id,
+                job.model,
+                event,
+                exc_info=True,
+            )
             return
         log.info("job %s model %s: webhook %s queued as %s", job.id, job.model, event, msg_id)
 

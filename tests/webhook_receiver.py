@@ -27,14 +27,15 @@ from shared.fleet import Fleet
 from tests.conftest import ROOT, WorkerProcess, settings_env, wait_for
 
 
-def verify_standard_webhook(secret: str, headers: dict[str, str], body: bytes,
-                            tolerance_s: int = 300) -> bool:
+def verify_standard_webhook(
+    secret: str, headers: dict[str, str], body: bytes, tolerance_s: int = 300
+) -> bool:
     """Verify a delivery as a receiver would, from the spec: HMAC-SHA256 over id.ts.body."""
     msg_id = headers["webhook-id"]
     timestamp = headers["webhook-timestamp"]
     if abs(time.time() - int(timestamp)) > tolerance_s:
         return False
-    key = base64.b64decode(secret[len("whsec_"):])
+    key = base64.b64decode(secret[len("whsec_") :])
     to_sign = msg_id.encode() + b"." + timestamp.encode() + b"." + body
     expected = base64.b64encode(hmac.new(key, to_sign, hashlib.sha256).digest())
     for candidate in headers.get("webhook-signature", "").split(" "):
@@ -47,8 +48,9 @@ def verify_standard_webhook(secret: str, headers: dict[str, str], body: bytes,
 class Delivery:
     """One request the receiver got (any method: a followed redirect may turn into a GET)."""
 
-    def __init__(self, n: int, method: str, path: str, headers: dict[str, str],
-                 body: bytes) -> None:
+    def __init__(
+        self, n: int, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> None:
         self.n = n
         self.method = method
         self.path = path
@@ -79,8 +81,13 @@ class Receiver:
     process can take the port in between.
     """
 
-    def __init__(self, respond: Callable[[Delivery], Reply] = lambda d: 200, *,
-                 listening: bool = True, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        respond: Callable[[Delivery], Reply] = lambda d: 200,
+        *,
+        listening: bool = True,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.respond = respond
         self.deliveries: list[Delivery] = []
         self.lock = threading.Lock()
@@ -97,8 +104,13 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with receiver.lock:
-                    got = Delivery(len(receiver.deliveries) + 1, self.command, self.path,
-                                   {k.lower(): v for k, v in self.headers.items()}, body)
+                    got = Delivery(
+                        len(receiver.deliveries) + 1,
+                        self.command,
+                        self.path,
+                        {k.lower(): v for k, v in self.headers.items()},
+                        body,
+                    )
                     reply = receiver.respond(got)
                     got.status, extra = reply if isinstance(reply, tuple) else (reply, {})
                     receiver.deliveries.append(got)
@@ -140,16 +152,22 @@ class Receiver:
 
     def of(self, job_id: str, event: str | None = None) -> list[Delivery]:
         with self.lock:
-            return [d for d in self.deliveries if d.json.get("id") == job_id
-                    and (event is None or d.event == event)]
+            return [
+                d
+                for d in self.deliveries
+                if d.json.get("id") == job_id and (event is None or d.event == event)
+            ]
 
     def all(self) -> list[Delivery]:
         with self.lock:
             return list(self.deliveries)
 
     def wait(self, job_id: str, event: str, count: int = 1, timeout: float = 30) -> list:
-        wait_for(lambda: len(self.of(job_id, event)) >= count, timeout,
-                 what=f"{count} {event} webhook(s) for {job_id}")
+        wait_for(
+            lambda: len(self.of(job_id, event)) >= count,
+            timeout,
+            what=f"{count} {event} webhook(s) for {job_id}",
+        )
         return self.of(job_id, event)
 
     def close(self) -> None:
@@ -163,16 +181,21 @@ def start_webhook_worker(settings: Settings, log_dir: Path) -> WorkerProcess:
     log = log_dir / "webhooks.log"
     env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "webhook-worker",
-                                 "--concurrency", "4"],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "webhook-worker", "--concurrency", "4"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
     worker = WorkerProcess(proc, "webhooks", settings, log)
     fleet = Fleet(redis.Redis.from_url(settings.redis_url, decode_responses=True))
 
     def ready() -> bool:
         assert proc.poll() is None, f"webhook worker exited:\n{worker.tail()}"
-        return any(w.get("role") == "webhooks" and w.get("pid") == proc.pid
-                   for w in fleet.workers())
+        return any(
+            w.get("role") == "webhooks" and w.get("pid") == proc.pid for w in fleet.workers()
+        )
 
     wait_for(ready, 60, what="the webhook worker")
     return worker

@@ -55,8 +55,14 @@ HEARTBEAT_S = 3.0
 class Deliverer:
     """One delivery attempt: sign, POST with a timeout, record it, schedule a retry."""
 
-    def __init__(self, settings: Settings, store: ResultStore, app: Celery, *,
-                 resolve: Resolver = socket.getaddrinfo) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ResultStore,
+        app: Celery,
+        *,
+        resolve: Resolver = socket.getaddrinfo,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.app = app
@@ -77,8 +83,9 @@ class Deliverer:
             return "dropped"
         try:
             # Refuse early and clearly; the transport checks again what it connects to.
-            check_target(url, allow_private=self.settings.webhook_allow_private,
-                         resolve=self.resolve)
+            check_target(
+                url, allow_private=self.settings.webhook_allow_private, resolve=self.resolve
+            )
             status, error, retry_after = self._post(url, msg_id, snap["body"].encode())
         except WebhookTargetRefused as exc:
             self._record(job_id, msg_id, event, attempt, "refused", exc.message)
@@ -88,20 +95,37 @@ class Deliverer:
         self._record(job_id, msg_id, event, attempt, status, error)
         if isinstance(status, int) and 200 <= status < 300:
             self._close(msg_id)
-            log.info("job %s: webhook %s delivered (attempt %s, %s)", job_id, event, attempt,
-                     status)
+            log.info(
+                "job %s: webhook %s delivered (attempt %s, %s)", job_id, event, attempt, status
+            )
             return "delivered"
         retryable = status == "network_error" or status == 429 or status >= 500
         if retryable and attempt < self.settings.webhook_max_attempts:
-            delay = backoff_s(attempt, base_s=self.settings.webhook_backoff_s,
-                              max_s=self.settings.webhook_backoff_max_s, retry_after=retry_after)
+            delay = backoff_s(
+                attempt,
+                base_s=self.settings.webhook_backoff_s,
+                max_s=self.settings.webhook_backoff_max_s,
+                retry_after=retry_after,
+            )
             enqueue_webhook(self.app, msg_id, attempt + 1, countdown=delay)
-            log.info("job %s: webhook %s attempt %s got %s; retry in %.2fs", job_id, event,
-                     attempt, status, delay)
+            log.info(
+                "job %s: webhook %s attempt %s got %s; retry in %.2fs",
+                job_id,
+                event,
+                attempt,
+                status,
+                delay,
+            )
             return "retrying"
         self._close(msg_id)
-        log.warning("job %s: webhook %s to %s gave up after attempt %s (%s)", job_id, event,
-                    url, attempt, error or status)
+        log.warning(
+            "job %s: webhook %s to %s gave up after attempt %s (%s)",
+            job_id,
+            event,
+            url,
+            attempt,
+            error or status,
+        )
         return "gave_up"
 
     def _post(self, url: str, msg_id: str, body: bytes) -> tuple[int | str, str | None, str | None]:
@@ -110,21 +134,38 @@ class Deliverer:
         :raises WebhookTargetRefused: when the host now resolves to a non-public address.
         """
         headers = signed_headers(self.key, msg_id, body)
-        session = webhook_session(allow_private=self.settings.webhook_allow_private,
-                                  resolve=self.resolve)
+        session = webhook_session(
+            allow_private=self.settings.webhook_allow_private, resolve=self.resolve
+        )
         try:
             # Redirects are not followed: they could lead to a private address.
-            with session, session.post(url, data=body, headers=headers, allow_redirects=False,
-                                       timeout=self.settings.webhook_timeout_s,
-                                       stream=True) as resp:
+            with (
+                session,
+                session.post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
+                    timeout=self.settings.webhook_timeout_s,
+                    stream=True,
+                ) as resp,
+            ):
                 return resp.status_code, None, resp.headers.get("Retry-After")
         except requests.RequestException as exc:
             return "network_error", f"{type(exc).__name__}: {exc}"[:500], None
 
-    def _record(self, job_id: str, msg_id: str, event: str, attempt: int,
-                status: int | str, error: str | None) -> None:
-        entry = WebhookDelivery(id=msg_id, event=event, status=status, attempt=attempt,
-                                at=now(), error=error)
+    def _record(
+        self,
+        job_id: str,
+        msg_id: str,
+        event: str,
+        attempt: int,
+        status: int | str,
+        error: str | None,
+    ) -> None:
+        entry = WebhookDelivery(
+            id=msg_id, event=event, status=status, attempt=attempt, at=now(), error=error
+        )
 
         def add(rec: JobRecord) -> bool:
             if rec.webhook is None:
@@ -160,7 +201,7 @@ class _PinnedConnection:
         try:
             infos = self.addresses(self.host, self.port)
         except (OSError, UnicodeError) as exc:
-            raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
+            raise NameResolutionError(self.host, self, exc) from exc
         error: OSError = OSError(f"{self.host!r} resolved to no address")
         for family, socktype, proto, _name, sockaddr in infos:
             try:
@@ -171,10 +212,10 @@ class _PinnedConnection:
             sys.audit("http.client.connect", self, self.host, self.port)
             return sock
         if isinstance(error, TimeoutError):
-            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out. "
-                                            f"(connect timeout={self.timeout})") from error
-        raise NewConnectionError(  # type: ignore[arg-type]
-            self, f"Failed to establish a new connection: {error}") from error
+            raise ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
+            ) from error
+        raise NewConnectionError(self, f"Failed to establish a new connection: {error}") from error
 
     def _connect(self, family: int, socktype: int, proto: int, sockaddr: tuple) -> socket.socket:
         sock = socket.socket(family, socktype, proto)
@@ -220,8 +261,9 @@ class PinnedAdapter(HTTPAdapter):
 
     def __init__(self, *, allow_private: bool, resolve: Resolver = socket.getaddrinfo) -> None:
         # Set before super().__init__, which builds the pool manager.
-        self._addresses = functools.partial(checked_addresses, allow_private=allow_private,
-                                            resolve=resolve)
+        self._addresses = functools.partial(
+            checked_addresses, allow_private=allow_private, resolve=resolve
+        )
         super().__init__(max_retries=0)
 
     def init_poolmanager(self, *args, **kwargs) -> None:
@@ -235,8 +277,9 @@ class PinnedAdapter(HTTPAdapter):
         return super().send(request, **kwargs)
 
 
-def webhook_session(*, allow_private: bool,
-                    resolve: Resolver = socket.getaddrinfo) -> requests.Session:
+def webhook_session(
+    *, allow_private: bool, resolve: Resolver = socket.getaddrinfo
+) -> requests.Session:
     """Return a requests session that sends webhooks only over PinnedAdapter connections."""
     session = requests.Session()
     adapter = PinnedAdapter(allow_private=allow_private, resolve=resolve)
@@ -277,9 +320,16 @@ def build_webhook_app(settings: Settings) -> Celery:
             raise Reject(exc, requeue=True) from exc
 
     def facts() -> dict:
-        return {"worker": worker_id, "model": None, "role": "webhooks", "pid": os.getpid(),
-                "hostname": socket.gethostname(), "loaded": True, "memory": memory_stats(),
-                "at": time.time()}
+        return {
+            "worker": worker_id,
+            "model": None,
+            "role": "webhooks",
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "loaded": True,
+            "memory": memory_stats(),
+            "at": time.time(),
+        }
 
     def heartbeat() -> None:
         while True:
@@ -302,12 +352,23 @@ def build_webhook_app(settings: Settings) -> Celery:
     return app
 
 
-def run_webhook_worker(settings: Settings, *, concurrency: int = 8,
-                       loglevel: str = "INFO") -> None:
+def run_webhook_worker(settings: Settings, *, concurrency: int = 8, loglevel: str = "INFO") -> None:
     """Consume the webhooks queue with a pool of threads until stopped."""
     app = build_webhook_app(settings)
-    app.worker_main([
-        "worker", "--queues", WEBHOOK_QUEUE, "--pool", "threads",
-        "--concurrency", str(concurrency), "--hostname", "webhooks@%h",
-        "--loglevel", loglevel, "--without-gossip", "--without-mingle",
-    ])
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            WEBHOOK_QUEUE,
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(concurrency),
+            "--hostname",
+            "webhooks@%h",
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )

@@ -26,9 +26,14 @@ PUBLIC = "93.184.216.34"
 
 @pytest.fixture(scope="module")
 def settings(make_settings):
-    return make_settings(webhook_secret=SECRET, webhook_allow_private=True,
-                         webhook_max_attempts=MAX_ATTEMPTS, webhook_backoff_s=BACKOFF_S,
-                         webhook_backoff_max_s=BACKOFF_MAX_S, webhook_timeout_s=2.0)
+    return make_settings(
+        webhook_secret=SECRET,
+        webhook_allow_private=True,
+        webhook_max_attempts=MAX_ATTEMPTS,
+        webhook_backoff_s=BACKOFF_S,
+        webhook_backoff_max_s=BACKOFF_MAX_S,
+        webhook_timeout_s=2.0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +86,11 @@ def wait_closed(store, msg_id, timeout: float = 30) -> None:
 
 def test_every_event_arrives_signed_and_verifies(client, receiver):
     job = submit(client, input_={"sleep_s": 1.5}, webhook=receiver.url)
-    assert job["webhook"] == {"url": receiver.url, "events": ["start", "output", "completed"],
-                              "deliveries": []}
+    assert job["webhook"] == {
+        "url": receiver.url,
+        "events": ["start", "output", "completed"],
+        "deliveries": [],
+    }
     [done] = receiver.wait(job["id"], "completed")
     [start] = receiver.of(job["id"], "start")
     outputs = receiver.of(job["id"], "output")
@@ -100,31 +108,47 @@ def test_every_event_arrives_signed_and_verifies(client, receiver):
     assert done.json["status"] == "succeeded" == final["status"]
     assert done.json["output"] == final["output"] == {"echo": {"sleep_s": 1.5}}
     assert done.json["completed_at"] == final["completed_at"]
-    wait_for(lambda: len(deliveries(client, job["id"])) == 2 + len(outputs), 10,
-             what="every delivery recorded")
+    wait_for(
+        lambda: len(deliveries(client, job["id"])) == 2 + len(outputs),
+        10,
+        what="every delivery recorded",
+    )
     recorded = deliveries(client, job["id"])
     assert {(d["id"], d["status"], d["attempt"]) for d in recorded} == {
-        (d.id, 200, 1) for d in [start, *outputs, done]}
+        (d.id, 200, 1) for d in [start, *outputs, done]
+    }
 
 
 def test_events_filter_picks_events(client, receiver, store):
-    job = submit(client, input_={"sleep_s": 1.2}, webhook=receiver.url,
-                 webhook_events_filter=["completed"])
+    job = submit(
+        client, input_={"sleep_s": 1.2}, webhook=receiver.url, webhook_events_filter=["completed"]
+    )
     receiver.wait(job["id"], "completed")
     # The notifier freezes an event before queueing it, and `start` would come before
     # `completed`: its absence now means it was never queued.
     keys = sorted(store.r.scan_iter(SNAPSHOT_KEY.format(f"msg_{job['id']}_*")))
     assert keys == [SNAPSHOT_KEY.format(f"msg_{job['id']}_completed")], keys
     assert [d.event for d in receiver.of(job["id"])] == ["completed"]
-    bad = client.post("/v1/jobs", json={"model": "echo", "input": {}, "webhook": receiver.url,
-                                        "webhook_events_filter": ["done"]})
+    bad = client.post(
+        "/v1/jobs",
+        json={
+            "model": "echo",
+            "input": {},
+            "webhook": receiver.url,
+            "webhook_events_filter": ["done"],
+        },
+    )
     assert bad.status_code == 422 and bad.get_json()["error"]["param"] == "webhook_events_filter"
 
 
 def test_output_events_are_throttled_and_carry_partial_text(client, receiver):
-    job = submit(client, "smollm2-135m", {"prompt": "Write a very long story about a dragon.",
-                                          "max_tokens": 150, "temperature": 0},
-                 webhook=receiver.url, webhook_events_filter=["output", "completed"])
+    job = submit(
+        client,
+        "smollm2-135m",
+        {"prompt": "Write a very long story about a dragon.", "max_tokens": 150, "temperature": 0},
+        webhook=receiver.url,
+        webhook_events_filter=["output", "completed"],
+    )
     [done] = receiver.wait(job["id"], "completed", timeout=120)
     final = record(client, job["id"])
     tokens = final["metrics"]["completion_tokens"]
@@ -144,14 +168,21 @@ def test_receiver_down_then_up_still_gets_completed_with_same_id(client):
     rx = Receiver(listening=False)  # port held but not listening: connection refused
     try:
         job = submit(client, webhook=rx.url, webhook_events_filter=["completed"])
-        wait_for(lambda: len(deliveries(client, job["id"], "completed")) >= 2, 30,
-                 interval=0.02, what="two failed attempts")
+        wait_for(
+            lambda: len(deliveries(client, job["id"], "completed")) >= 2,
+            30,
+            interval=0.02,
+            what="two failed attempts",
+        )
         rx.listen()
         [got] = rx.wait(job["id"], "completed", timeout=30)
         assert verify_standard_webhook(SECRET, got.headers, got.body)
         assert got.json["status"] == "succeeded"
-        wait_for(lambda: deliveries(client, job["id"])[-1]["status"] == 200, 10,
-                 what="the successful attempt recorded")
+        wait_for(
+            lambda: deliveries(client, job["id"])[-1]["status"] == 200,
+            10,
+            what="the successful attempt recorded",
+        )
         attempts = deliveries(client, job["id"])
         assert {d["id"] for d in attempts} == {got.id}
         assert [d["attempt"] for d in attempts] == list(range(1, len(attempts) + 1))
@@ -173,11 +204,12 @@ def test_always_failing_receiver_is_retried_up_to_the_limit(client, store):
         # Each wait is at least half its exponential step (the other half is jitter); a
         # constant or a linear backoff falls short of the later ones.
         gaps = [b.at - a.at for a, b in zip(got, got[1:], strict=False)]
-        least = [min(BACKOFF_MAX_S, BACKOFF_S * 2 ** n) / 2 for n in range(MAX_ATTEMPTS - 1)]
+        least = [min(BACKOFF_MAX_S, BACKOFF_S * 2**n) / 2 for n in range(MAX_ATTEMPTS - 1)]
         assert all(g >= low - 0.02 for g, low in zip(gaps, least, strict=True)), (gaps, least)
         attempts = deliveries(client, job["id"])
         assert [(d["attempt"], d["status"]) for d in attempts] == [
-            (n, 503) for n in range(1, MAX_ATTEMPTS + 1)]
+            (n, 503) for n in range(1, MAX_ATTEMPTS + 1)
+        ]
         assert {d["id"] for d in attempts} == {got[0].id}
     finally:
         rx.close()
@@ -219,15 +251,20 @@ def test_output_still_undelivered_when_the_job_ends_is_dropped(client, store):
     # the job's end at 1.5 s, so its retry finds the job ended and drops it.
     rx = Receiver(respond=lambda d: (429, {"Retry-After": "2"}) if d.event == "output" else 200)
     try:
-        job = submit(client, input_={"sleep_s": 1.5}, webhook=rx.url,
-                     webhook_events_filter=["output", "completed"])
+        job = submit(
+            client,
+            input_={"sleep_s": 1.5},
+            webhook=rx.url,
+            webhook_events_filter=["output", "completed"],
+        )
         [output] = rx.wait(job["id"], "output")
         [done] = rx.wait(job["id"], "completed")
         assert done.json["output"] == {"echo": {"sleep_s": 1.5}}  # it carries the output
         wait_closed(store, output.id)
         assert len(rx.of(job["id"], "output")) == 1
         assert [(d["attempt"], d["status"]) for d in deliveries(client, job["id"], "output")] == [
-            (1, 429)]
+            (1, 429)
+        ]
     finally:
         rx.close()
 
@@ -247,17 +284,20 @@ def test_queued_job_canceled_from_the_web_sends_completed(client, receiver, stor
 
 def test_job_expired_by_the_reaper_sends_completed(client, receiver):
     # No minilm worker runs: the echo worker's reaper expires the job.
-    job = submit(client, "minilm", {"text": "too late"}, webhook=receiver.url,
-                 queue_timeout_s=0.5)
+    job = submit(client, "minilm", {"text": "too late"}, webhook=receiver.url, queue_timeout_s=0.5)
     [done] = receiver.wait(job["id"], "completed", timeout=20)
     assert done.json["status"] == "failed" and done.json["error"]["type"] == "expired"
     assert receiver.of(job["id"], "start") == []
 
 
 def test_canceled_running_job_sends_completed_with_partial_output(client, receiver):
-    job = submit(client, "smollm2-135m", {"prompt": "Tell a long story about a ship.",
-                                          "max_tokens": 800, "temperature": 0.7},
-                 webhook=receiver.url, webhook_events_filter=["output", "completed"])
+    job = submit(
+        client,
+        "smollm2-135m",
+        {"prompt": "Tell a long story about a ship.", "max_tokens": 800, "temperature": 0.7},
+        webhook=receiver.url,
+        webhook_events_filter=["output", "completed"],
+    )
     receiver.wait(job["id"], "output", timeout=60)
     client.post(f"/v1/jobs/{job['id']}/cancel")
     [done] = receiver.wait(job["id"], "completed", timeout=20)
@@ -265,11 +305,20 @@ def test_canceled_running_job_sends_completed_with_partial_output(client, receiv
     assert done.json["output"]["text"] and done.json["output"]["finish_reason"] == "canceled"
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1:9/hook", "http://localhost:9/hook", "http://10.1.2.3/hook",
-    "http://192.168.0.10/hook", "http://[::1]/hook", "http://169.254.169.254/latest",
-    "http://0.0.0.0/", "ftp://example.com/hook", "not a url",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/hook",
+        "http://localhost:9/hook",
+        "http://10.1.2.3/hook",
+        "http://192.168.0.10/hook",
+        "http://[::1]/hook",
+        "http://169.254.169.254/latest",
+        "http://0.0.0.0/",
+        "ftp://example.com/hook",
+        "not a url",
+    ],
+)
 def test_private_and_bad_targets_are_refused_at_submit(settings, make_app, url):
     strict = make_app(settings.model_copy(update={"webhook_allow_private": False}))
     client = strict.test_client()
@@ -283,17 +332,28 @@ def test_private_and_bad_targets_are_refused_at_submit(settings, make_app, url):
 
 def test_public_target_is_accepted(settings, make_app):
     client = make_app(settings.model_copy(update={"webhook_allow_private": False})).test_client()
-    resp = client.post("/v1/jobs", json={"model": "minilm", "input": {"text": "x"},
-                                         "webhook": "http://93.184.216.34/hook",
-                                         "webhook_events_filter": ["start"]})
+    resp = client.post(
+        "/v1/jobs",
+        json={
+            "model": "minilm",
+            "input": {"text": "x"},
+            "webhook": "http://93.184.216.34/hook",
+            "webhook_events_filter": ["start"],
+        },
+    )
     assert resp.status_code == 202, resp.get_json()
     client.post(f"/v1/jobs/{resp.get_json()['id']}/cancel")
 
 
 def ended_job(store, url: str) -> tuple[JobRecord, str]:
     """Return a canceled job whose `completed` event to url is queued, and that event's id."""
-    job = JobRecord(id=new_job_id(), model="echo", task="echo", created_at=now(),
-                    webhook=Webhook(url=url, events=["completed"]))
+    job = JobRecord(
+        id=new_job_id(),
+        model="echo",
+        task="echo",
+        created_at=now(),
+        webhook=Webhook(url=url, events=["completed"]),
+    )
     store.create(job)
     sent: list[str] = []
     WebhookNotifier(store.r, sent.append, ttl_s=60).ended(store.mark_canceled(job.id))
@@ -301,8 +361,9 @@ def ended_job(store, url: str) -> tuple[JobRecord, str]:
 
 
 def deliverer_for(settings, store, **kwargs) -> Deliverer:
-    return Deliverer(settings, store, make_celery(settings, load_registry(settings.registry)),
-                     **kwargs)
+    return Deliverer(
+        settings, store, make_celery(settings, load_registry(settings.registry)), **kwargs
+    )
 
 
 class Rebinding:
@@ -317,8 +378,7 @@ class Rebinding:
         return [(socket.AF_INET, type, socket.IPPROTO_TCP, "", (address, port))]
 
 
-def test_name_rebinding_to_loopback_after_the_check_is_never_connected(settings, store,
-                                                                      receiver):
+def test_name_rebinding_to_loopback_after_the_check_is_never_connected(settings, store, receiver):
     """DNS rebinding: the check sees a public address, the connection would get loopback."""
     strict = settings.model_copy(update={"webhook_allow_private": False})
     # `localhost` is loopback in the system resolver too: a client that resolved the name
@@ -333,8 +393,9 @@ def test_name_rebinding_to_loopback_after_the_check_is_never_connected(settings,
     assert closed(store, msg_id)
 
 
-def test_delivery_connects_to_the_resolved_address_and_keeps_the_host_name(settings, store,
-                                                                          receiver):
+def test_delivery_connects_to_the_resolved_address_and_keeps_the_host_name(
+    settings, store, receiver
+):
     def resolve(host, port, type=0):  # .invalid never resolves in real DNS
         return [(socket.AF_INET, type, socket.IPPROTO_TCP, "", ("127.0.0.1", port))]
 

@@ -38,10 +38,13 @@ from tests.webhook_receiver import Receiver
 from workers.webhooks import webhook_session
 
 # The published Standard Webhooks test vector.
-VECTOR = dict(secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-              msg_id="msg_p5jXN8AQM9LWM0D4loKWxJek", timestamp=1614265330,
-              body=b'{"test": 2432232314}',
-              signature="v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
+VECTOR = dict(
+    secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    msg_id="msg_p5jXN8AQM9LWM0D4loKWxJek",
+    timestamp=1614265330,
+    body=b'{"test": 2432232314}',
+    signature="v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+)
 
 
 def test_signature_matches_the_standard_webhooks_vector():
@@ -75,19 +78,28 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap():
 
 def resolver(*addresses):
     def resolve(host, port, type=0):
-        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, type, 6, "", (a, port))
-                for a in addresses]
+        return [
+            (socket.AF_INET6 if ":" in a else socket.AF_INET, type, 6, "", (a, port))
+            for a in addresses
+        ]
+
     return resolve
 
 
 def test_targets_resolving_to_private_addresses_are_refused():
-    check_target("https://hooks.example/x", allow_private=False,
-                 resolve=resolver("93.184.216.34"))
-    for addresses in [("10.0.0.5",), ("93.184.216.34", "127.0.0.1"), ("::ffff:127.0.0.1",),
-                      ("fd00::1",), ("100.64.0.1",), ("169.254.169.254",)]:
+    check_target("https://hooks.example/x", allow_private=False, resolve=resolver("93.184.216.34"))
+    for addresses in [
+        ("10.0.0.5",),
+        ("93.184.216.34", "127.0.0.1"),
+        ("::ffff:127.0.0.1",),
+        ("fd00::1",),
+        ("100.64.0.1",),
+        ("169.254.169.254",),
+    ]:
         with pytest.raises(WebhookTargetRefused, match="resolves to"):
-            check_target("https://hooks.example/x", allow_private=False,
-                         resolve=resolver(*addresses))
+            check_target(
+                "https://hooks.example/x", allow_private=False, resolve=resolver(*addresses)
+            )
 
 
 def test_unresolvable_and_malformed_targets_are_refused():
@@ -142,7 +154,8 @@ def test_transport_connects_to_the_resolved_address_with_the_original_host(recei
             assert session.post(url, data=b"{}", timeout=5).status_code == 200
     got = receiver.all()
     assert [(d.path, d.headers["host"]) for d in got] == [
-        ("/hook", f"hooks.invalid:{receiver.port}")] * 2
+        ("/hook", f"hooks.invalid:{receiver.port}")
+    ] * 2
     assert resolve.calls == [("hooks.invalid", receiver.port)] * 2  # once per connection
 
 
@@ -166,33 +179,52 @@ def test_transport_ignores_proxies_from_the_environment(receiver, monkeypatch):
 
 def make_tls(tmp_path, name: str) -> tuple[ssl.SSLContext, str]:
     """Return a server context for `name` signed by a CA made now, and that CA's PEM path."""
+
     def cert(subject: str, key, issuer: str, issuer_key, *, ca: bool):
         start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
-        builder = (x509.CertificateBuilder()
-                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(start).not_valid_after(start + datetime.timedelta(hours=1))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(start + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
         if ca:
-            builder = builder.add_extension(x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            builder = builder.add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
         else:
             builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False)
+                x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False
+            )
         return builder.sign(issuer_key, hashes.SHA256())
 
-    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
-        ec.SECP256R1())
+    ca_key, leaf_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
     ca_cert = cert("conveyor test CA", ca_key, "conveyor test CA", ca_key, ca=True)
     leaf = cert(name, leaf_key, "conveyor test CA", ca_key, ca=False)
     pem = serialization.Encoding.PEM
     (tmp_path / "ca.pem").write_bytes(ca_cert.public_bytes(pem))
     (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(pem))
-    (tmp_path / "leaf.key").write_bytes(leaf_key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (tmp_path / "leaf.key").write_bytes(
+        leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
     return context, str(tmp_path / "ca.pem")
@@ -222,13 +254,15 @@ def test_transport_keeps_sni_and_certificate_checks_on_the_host_name(tmp_path):
 
 def test_job_deadline_is_capped_by_the_model_and_celery_limits_sit_past_it():
     settings = Settings(default_time_limit_s=600)
-    spec = ModelSpec.model_validate({"id": "e", "backend": "echo", "tasks": ["echo"],
-                                     "limits": {"time_limit_s": 5}})
+    spec = ModelSpec.model_validate(
+        {"id": "e", "backend": "echo", "tasks": ["echo"], "limits": {"time_limit_s": 5}}
+    )
     assert job_deadline_s(spec, settings, None) == 5
     assert job_deadline_s(spec, settings, 100) == 5
     assert job_deadline_s(spec, settings, 2) == 2
-    unlimited = spec.model_copy(update={"limits": spec.limits.model_copy(
-        update={"time_limit_s": None})})
+    unlimited = spec.model_copy(
+        update={"limits": spec.limits.model_copy(update={"time_limit_s": None})}
+    )
     assert job_deadline_s(unlimited, settings, None) == 600
     # The backend stops itself at the deadline (partial output kept); Celery's limits are
     # the backstop, a little later.
@@ -243,8 +277,9 @@ def store(redis_db):
 
 def job_with(store, events=("start", "output", "completed"), **fields) -> JobRecord:
     hook = Webhook(url="http://127.0.0.1:1/hook", events=list(events)) if events else None
-    job = JobRecord(id=new_job_id(), model="echo", task="echo", created_at=now(),
-                    webhook=hook, **fields)
+    job = JobRecord(
+        id=new_job_id(), model="echo", task="echo", created_at=now(), webhook=hook, **fields
+    )
     return store.create(job)
 
 
@@ -302,8 +337,14 @@ def test_claim_refuses_a_job_past_its_queue_timeout(store):
 
 
 def test_requeued_job_does_not_expire():
-    job = JobRecord(id="j", model="m", task="echo", created_at=now() - 10, queue_timeout_s=1,
-                    started_at=now() - 9)
+    job = JobRecord(
+        id="j",
+        model="m",
+        task="echo",
+        created_at=now() - 10,
+        queue_timeout_s=1,
+        started_at=now() - 9,
+    )
     assert not job.queue_expired(now())
     assert job.model_copy(update={"started_at": None}).queue_expired(now())
 
@@ -319,7 +360,8 @@ def test_sweeper_removes_ended_and_vanished_payloads_only(store, tmp_path):
     for path in (tmp_path / "vanished-old", tmp_path / "vanished-old" / "001-image"):
         os.utime(path, (old, old))
     assert sorted(sweep_payloads(store, payloads, grace_s=600)) == sorted(
-        [ended.id, "vanished-old"])
+        [ended.id, "vanished-old"]
+    )
     assert sorted(payloads.job_ids()) == sorted([live.id, "vanished-new"])
     assert payloads.age_s(live.id) < 60 and payloads.age_s("vanished-old") is None
     assert sweep_payloads(store, payloads, grace_s=0) == ["vanished-new"]
