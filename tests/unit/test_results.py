@@ -9,6 +9,7 @@ import pytest
 
 from shared.jobs import JobError, JobRecord, JobStatus, Priority, new_job_id, now
 from shared.results import Claim, IllegalTransition, QueueFull, ResultStore, connect
+from tests.conftest import wait_for
 
 
 @pytest.fixture
@@ -65,9 +66,12 @@ def test_claim_refuses_a_job_under_a_live_lease(store):
 def test_lapsed_lease_is_requeued_once_then_lost(store):
     job = queued(store)
     for attempt in (1, 2):
-        assert store.claim(job.id, f"w{attempt}", lease_s=0.2, max_deliveries=2) == Claim.RUN
+        worker = f"w{attempt}"
+        assert store.claim(job.id, worker, lease_s=30, max_deliveries=2) == Claim.RUN
         assert store.requeue(job.id) is False  # lease still live
-        time.sleep(0.3)
+        # Its worker's last renewal was a short one, and then it died: the lease lapses.
+        assert store.renew_lease(job.id, worker, 0.01) is True
+        wait_for(lambda: not store.has_lease(job.id), 5, interval=0.01, what="the lease to lapse")
         assert store.requeue(job.id) is True
         assert store.requeue(job.id) is False  # a second reaper does nothing
         assert store.get(job.id).status == "queued"
@@ -78,11 +82,15 @@ def test_lapsed_lease_is_requeued_once_then_lost(store):
 
 def test_renew_only_own_lease(store):
     job = queued(store)
-    store.claim(job.id, "w1", lease_s=0.3, max_deliveries=3)
-    assert store.renew_lease(job.id, "w2", 5) is False
-    assert store.renew_lease(job.id, "w1", 5) is True
-    time.sleep(0.4)
-    assert store.has_lease(job.id)
+    store.claim(job.id, "w1", lease_s=30, max_deliveries=3)
+
+    def lease_ms() -> int:
+        return store.r.pttl(store.lease_key(job.id))
+
+    assert store.renew_lease(job.id, "w2", 60) is False
+    assert lease_ms() <= 30_000  # untouched by another worker
+    assert store.renew_lease(job.id, "w1", 60) is True
+    assert lease_ms() > 30_000
 
 
 def test_cancel_queued_is_immediate_running_is_flagged(store):
@@ -117,8 +125,7 @@ def test_records_expire_with_the_ttl(redis_db):
     store.add_event(job.id, "token", {"text": "x"})
     assert store.r.ttl(store.job_key(job.id)) <= 1
     assert 0 < store.r.ttl(store.events_key(job.id)) <= 1
-    time.sleep(1.2)
-    assert store.get(job.id) is None
+    wait_for(lambda: store.get(job.id) is None, 10, what="the record to expire")
 
 
 def test_list_filters_newest_first(store):
