@@ -38,6 +38,8 @@ class EchoBackend(Backend):
             steps += 1
             if steps % 20 == 0:
                 ctx.progress(steps, int(inputs.sleep_s / STEP_S) or 1)
+        if inputs.block_s:  # a step that never checks in: only Celery's time limit ends it
+            time.sleep(inputs.block_s)
         if inputs.fail:
             raise JobFailure(inputs.fail, type="echo_failure")
         return Result({"echo": inputs.model_dump(mode="json", exclude_none=True)})
