@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.errors import InvalidInput, InvalidMedia
+from shared.errors import InvalidInput, InvalidMedia, PayloadTooLarge
 from shared.media import MEDIA_FIELDS, check_kind, decode_b64
 from shared.payloads import PayloadStore
 
@@ -28,7 +28,14 @@ class Intake:
         self.count = 0
 
     def store(self, data: bytes, field: str, kind: str) -> dict[str, Any]:
-        """Store one media item after checking its bytes are the expected kind."""
+        """Store one media item after checking its size and that its bytes are the kind.
+
+        :raises PayloadTooLarge: over the per-item limit. :raises InvalidMedia: not the kind.
+        """
+        limit = self.payloads.max_bytes
+        if len(data) > limit:  # named by its field here; the store only knows its file name
+            raise PayloadTooLarge(f"{field}: {len(data)} bytes is over the {limit}-byte "
+                                  f"media limit", param=field)
         mime = check_kind(data, field, kind)
         self.count += 1
         ref = self.payloads.put(self.job_id, f"{self.count:03d}-{field.replace('.', '_')}", data)
