@@ -96,6 +96,12 @@ def test_prefer_wait_gives_up_after_n_seconds(stack):
     stack.post(f"/v1/jobs/{resp.get_json()['id']}/cancel")
 
 
+def test_prefer_wait_is_capped_at_60_seconds(stack):
+    resp = submit(stack, {"model": "echo", "input": {}}, Prefer="wait=600")
+    assert resp.status_code == 200 and resp.get_json()["status"] == "succeeded"
+    assert resp.headers["Preference-Applied"] == "wait=60"  # the wait it was given
+
+
 def test_cancel_queued_job_never_runs(stack):
     busy = submit(stack, {"model": "echo", "input": {"sleep_s": 3}}).get_json()
     wait_for(lambda: stack.get(f"/v1/jobs/{busy['id']}").get_json()["status"] == "running",
@@ -104,8 +110,9 @@ def test_cancel_queued_job_never_runs(stack):
     rec = stack.post(f"/v1/jobs/{queued['id']}/cancel").get_json()
     assert rec["status"] == "canceled"
     assert poll(stack, busy["id"])["status"] == "succeeded"
-    # The worker has consumed the canceled job's message by now; it must not have run it.
-    time.sleep(1)
+    # A job queued after it runs once the worker consumed the canceled job's message.
+    marker = submit(stack, {"model": "echo", "input": {}}, Prefer="wait=30").get_json()
+    assert marker["status"] == "succeeded"
     rec = stack.get(f"/v1/jobs/{queued['id']}").get_json()
     assert rec["status"] == "canceled" and rec["started_at"] is None and rec["output"] is None
 
@@ -114,11 +121,15 @@ def test_cancel_running_echo_stops_between_steps(stack):
     job = submit(stack, {"model": "echo", "input": {"sleep_s": 30}}).get_json()
     wait_for(lambda: stack.get(f"/v1/jobs/{job['id']}").get_json()["status"] == "running",
              20, what="echo job to start")
-    t0 = time.monotonic()
     stack.post(f"/v1/jobs/{job['id']}/cancel")
-    rec = poll(stack, job["id"], timeout=10)
+    rec = poll(stack, job["id"], timeout=30)
     assert rec["status"] == "canceled"
-    assert time.monotonic() - t0 < 2.0
+    progress = [d for _i, e, d in store_of(stack).read_events(job["id"]) if e == "progress"]
+    assert len(progress) < 10  # one a second: it stopped long before its 30 s
+
+
+def store_of(client):
+    return client.application.extensions["conveyor"].store
 
 
 def test_cancel_running_llama_keeps_partial_output(stack):
@@ -158,11 +169,17 @@ def test_list_jobs_filters(stack):
 
 
 def test_models_show_live_facts(stack):
+    waiting = [submit(stack, {"model": "minilm", "input": {"text": f"t{i}"}}).get_json()
+               for i in range(2)]
     data = {m["id"]: m for m in stack.get("/v1/models").get_json()["data"]}
     assert data["echo"]["workers_online"] >= 1 and data["echo"]["loaded"] is True
     assert data["smollm2-135m"]["queue"] == "model.smollm2-135m"
-    assert data["minilm"]["workers_online"] == 0
-    assert isinstance(data["echo"]["queue_depth"], int)
+    assert data["minilm"]["workers_online"] == 0 and data["minilm"]["loaded"] is False
+    assert data["minilm"]["queue_depth"] == 2
+    for job in waiting:
+        stack.post(f"/v1/jobs/{job['id']}/cancel")
+    data = {m["id"]: m for m in stack.get("/v1/models").get_json()["data"]}
+    assert data["minilm"]["queue_depth"] == 0
 
 
 def test_job_for_model_without_worker_says_so(stack):
@@ -208,10 +225,8 @@ def test_cancel_stops_a_constrained_llama_generation(stack):
     store = stack.application.extensions["conveyor"].store
     wait_for(lambda: any(e == "token" for _i, e, _d in store.read_events(job["id"])), 60,
              interval=0.05, what="the first constrained token")
-    t0 = time.monotonic()
     stack.post(f"/v1/jobs/{job['id']}/cancel")
-    rec = poll(stack, job["id"], timeout=10)
+    rec = poll(stack, job["id"], timeout=30)
     assert rec["status"] == "canceled"
-    assert time.monotonic() - t0 < 2.0
     assert rec["output"]["text"].startswith("{")
     assert 0 < rec["metrics"]["completion_tokens"] < 1000

