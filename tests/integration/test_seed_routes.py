@@ -324,9 +324,14 @@ def test_llama_server_restore_cache_runs_the_prompt_once(url):
     assert bad.status_code == 422 and bad.json()["error"]["param"] == "messages"
 
 
-def test_models_path_answers_like_the_lightweight_server(url):
+def test_models_path_answers_like_the_lightweight_server(url, registry):
     data = requests.get(f"{url}/models", timeout=10).json()
-    assert all(isinstance(m, dict) and "name" in m for m in data["models"])
+    by_name = {m["name"]: m for m in data["models"]}
+    assert sorted(by_name) == sorted(spec.id for spec in load_registry(registry[0]))
+    assert by_name[SMOL]["type"] == "text-generation" and by_name[SMOL]["loaded"] is True
+    bert = by_name[registry[1]["prajjwal1/bert-tiny"]]
+    assert bert["type"] == "text-classification" and "prajjwal1/bert-tiny" in bert["aliases"]
+    assert by_name["minilm"]["workers_online"] == 0  # listed though no worker serves it
 
 
 def test_no_answer_in_time_is_504_and_the_job_is_canceled(stack, make_app):
