@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 from shared.errors import ModelNotAvailable
+from shared.redis_server import free_port
 from shared.registry import load_registry
 from tests.conftest import ROOT, settings_env, wait_for
 from workers.backends.llamacpp import LlamaCppBackend
@@ -134,3 +135,22 @@ def test_a_job_whose_pool_process_crashes_names_the_signal_and_model(
     assert "Fatal Python error: Segmentation fault" in log
     assert f"job {job['id']} model crashes-in-jobs: pool process" in log
     assert worker.proc.poll() is None  # the worker itself lives on, with a new pool process
+
+
+def test_conveyor_up_stops_with_the_log_tail_when_a_model_crashes_at_warm_up(tmp_path):
+    registry = registry_file(tmp_path, """\
+        - id: crashy
+          backend: echo
+          tasks: [echo]
+          options: {crash: warmup}
+    """)
+    env = {**os.environ, "CONVEYOR_REGISTRY": str(registry), "PYTHONUNBUFFERED": "1"}
+    env.pop("CONVEYOR_REDIS_URL", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "up", "--model", "crashy", "--port", str(free_port()),
+         "--data-dir", str(tmp_path / "data")],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "conveyor up:" in proc.stderr
+    assert "model crashy crashed while loading" in proc.stderr
+    assert "Fatal Python error: Segmentation fault" in proc.stderr
