@@ -23,17 +23,6 @@ class ConveyorError(Exception):
         self.code = code
         self.headers = headers or {}
 
-    def to_envelope(self) -> dict:
-        """Return the JSON error envelope."""
-        return {
-            "error": {
-                "type": self.type,
-                "message": self.message,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
-
 
 class BadRequest(ConveyorError):
     status_code = 400
@@ -118,7 +107,3 @@ class MediaDecodeError(JobFailure):
 
 class InputRejected(JobFailure):
     type = "invalid_input"
-
-
-class TransientError(Exception):
-    """A failure worth retrying with backoff (network, busy resource)."""

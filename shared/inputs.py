@@ -200,6 +200,13 @@ def parse_input(task: str, data: dict[str, Any], spec: ModelSpec) -> BaseModel:
             f"{spec.limits.max_tokens}",
             param="input.max_tokens",
         )
+    chars = _text_chars(parsed.model_dump(exclude_none=True))
+    if chars > spec.limits.max_input_chars:
+        raise InvalidInput(
+            f"input: {chars} characters of text is over model {spec.id}'s limit of "
+            f"{spec.limits.max_input_chars}",
+            param="input",
+        )
     texts = getattr(parsed, "texts", None)
     if texts is not None and len(texts) > spec.limits.max_batch:
         raise InvalidInput(
@@ -208,3 +215,20 @@ def parse_input(task: str, data: dict[str, Any], spec: ModelSpec) -> BaseModel:
             param="input.texts",
         )
     return parsed
+
+
+# Keys whose strings are not text a model reads: media (base64, data: URLs, stored refs) and
+# the labels of messages and content parts.
+_NOT_TEXT = frozenset({"image", "images", "audio", "video", "url", "data", "ref", "image_url",
+                       "video_url", "input_audio", "role", "type"})
+
+
+def _text_chars(value: Any) -> int:
+    """Return how many characters of text an input holds, media left out."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_text_chars(v) for k, v in value.items() if k not in _NOT_TEXT)
+    if isinstance(value, list | tuple):
+        return sum(_text_chars(v) for v in value)
+    return 0

@@ -54,7 +54,6 @@ class Limits(BaseModel):
     max_input_chars: int = Field(200_000, ge=1)
     time_limit_s: int | None = Field(None, ge=1, le=86_400)
     max_batch: int = Field(64, ge=1, le=4096)
-    max_media_bytes: int | None = Field(None, ge=1024)
     video_max_frames: int = Field(16, ge=1, le=1024)
     video_fps: float = Field(1.0, gt=0, le=60)
     video_max_seconds: float = Field(600.0, gt=0)

@@ -23,7 +23,7 @@ from shared.celery_app import (
     make_celery,
 )
 from shared.config import Settings
-from shared.errors import JobFailure, TransientError
+from shared.errors import JobFailure
 from shared.fleet import COMMANDS_CHANNEL, Fleet
 from shared.inputs import parse_input
 from shared.jobs import JobError, JobRecord
@@ -42,7 +42,6 @@ HEARTBEAT_S = 3.0
 # the heartbeat thread publishes them this much later, so a burst of short jobs costs a
 # few writes a second instead of one per job.
 PUBLISH_EVERY_S = 0.25
-TRANSIENT_RETRIES = 3
 OOM_EXIT_AFTER = 3  # consecutive out-of-memory failures before the process asks to be replaced
 
 
@@ -235,17 +234,7 @@ class WorkerRuntime:
         return emit
 
     def _attempt(self, job: JobRecord, ctx: JobContext) -> Result:
-        inputs = parse_input(job.task, job.input, self.spec)
-        for attempt in range(1, TRANSIENT_RETRIES + 1):
-            try:
-                return self.backend.run(job.task, inputs, ctx)
-            except TransientError as exc:
-                if attempt == TRANSIENT_RETRIES:
-                    raise JobFailure(f"gave up after {attempt} tries: {exc}",
-                                     type="transient_error") from exc
-                log.warning("job %s transient error (try %s): %s", job.id, attempt, exc)
-                time.sleep(min(8.0, 0.5 * 2**attempt))
-        raise AssertionError("unreachable")
+        return self.backend.run(job.task, parse_input(job.task, job.input, self.spec), ctx)
 
     def _finish(self, job: JobRecord, ctx: JobContext, result: Result) -> str:
         try:

@@ -125,3 +125,23 @@ def test_sampling_defaults_come_from_the_request_then_the_model_then_conveyor():
     assert params["temperature"] == 0 and params["top_k"] == 5 and params["top_p"] == 0.95
     assert ChatInput(prompt="hi", temperature=0.9).generation_params(spec)["temperature"] == 0.9
     assert ChatInput(prompt="hi").generation_params(plain)["temperature"] == 0.7
+
+
+def test_text_over_the_models_input_limit_is_refused_but_media_do_not_count():
+    from shared.errors import InvalidInput
+    from shared.inputs import parse_input
+    from shared.registry import ModelSpec
+
+    spec = ModelSpec(id="small", backend="llamacpp", tasks=["chat"],
+                     limits={"max_input_chars": 100})
+    image = "data:image/png;base64," + "A" * 5000
+    ok = {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "x" * 90},
+        {"type": "image_url", "image_url": {"url": image}}]}]}
+    assert parse_input("chat", ok, spec)
+    with pytest.raises(InvalidInput, match="101 characters of text is over model small's limit"):
+        parse_input("chat", {"prompt": "y" * 101}, spec)
+    with pytest.raises(InvalidInput, match="over model small's limit") as exc:
+        parse_input("chat", {"messages": [{"role": "user", "content": "z" * 60},
+                                          {"role": "assistant", "content": "z" * 60}]}, spec)
+    assert exc.value.param == "input"

@@ -107,7 +107,8 @@ class Backend:
         return method(inputs, ctx)
 
     def cleanup(self) -> None:
-        """Drop per-job caches; called after every job."""
+        """Drop caches the model keeps between jobs; run when an operator asks for a cleanup
+        (POST /admin/cleanup). The worker releases memory after every job on its own."""
 
 
 def warm_up(spec: ModelSpec, run: Callable[[], object]) -> None:

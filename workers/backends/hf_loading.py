@@ -182,12 +182,6 @@ def typed_out_of_memory():
         raise
 
 
-def empty_device_cache() -> None:
-    """Return cached CUDA blocks to the driver (no-op on CPU)."""
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 class HFBackend(Backend):
     """A transformers backend: health describes the loaded model, close drops it."""
 
