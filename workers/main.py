@@ -90,6 +90,7 @@ def build_worker_app(settings: Settings, spec: ModelSpec) -> Celery:
             log.exception("model %s failed to load", spec.id)
             if state is not None:
                 state.fail(f"model {spec.id} failed to load: {exc}")
+                state.loading_done()  # it said why; the watch must not call it a crash
             os.kill(os.getppid(), signal.SIGTERM)
             os._exit(3)
         if state is not None:
@@ -161,7 +162,7 @@ class StartState:
         """In the main process: stop the worker when a pool process dies loading `model`."""
         while not stop.wait(WATCH_LOAD_S):
             pid = self.dead_loader()
-            if pid is None:
+            if pid is None or self.failed():
                 continue
             report = self.crash_report(pid)
             cause = report.splitlines()[0] if report else "killed by a signal (no fault report)"

@@ -154,3 +154,19 @@ def test_conveyor_up_stops_with_the_log_tail_when_a_model_crashes_at_warm_up(tmp
     assert "conveyor up:" in proc.stderr
     assert "model crashy crashed while loading" in proc.stderr
     assert "Fatal Python error: Segmentation fault" in proc.stderr
+
+
+def test_a_registry_task_the_backend_cannot_run_fails_the_worker_start(tmp_path, make_settings):
+    registry = registry_file(tmp_path, """\
+        - id: typo-tasks
+          backend: echo
+          tasks: [echo, chat]
+    """)
+    settings = make_settings(registry=registry)
+    env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "worker", "--model", "typo-tasks"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert ("backend echo cannot run tasks ['chat']; it runs ['echo']"
+            in proc.stderr.strip().splitlines()[-1])

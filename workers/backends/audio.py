@@ -15,7 +15,7 @@ from transformers import StoppingCriteriaList
 
 from shared.errors import InputRejected
 from shared.inputs import ChatInput, TranscribeInput
-from workers.backends.base import JobContext, Result
+from workers.backends.base import JobContext, Result, tokens_per_second
 from workers.backends.hf_generation import StopWhenAsked, generate, to_device
 from workers.backends.hf_loading import (
     HFBackend,
@@ -86,7 +86,7 @@ class WhisperBackend(HFBackend):
             output["language"] = inputs.language
         return Result(output, {
             "completion_tokens": tokens,
-            "tokens_per_second": round(tokens / elapsed, 3) if elapsed > 0 else None,
+            "tokens_per_second": tokens_per_second(tokens, elapsed),
         })
 
     def _max_new_tokens(self) -> int:

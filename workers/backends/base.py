@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from shared.config import Settings
-from shared.errors import InputRejected
+from shared.errors import InputRejected, ModelNotAvailable
 from shared.registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,12 @@ class Backend:
     tasks: tuple[str, ...] = ()
 
     def __init__(self, spec: ModelSpec, settings: Settings) -> None:
+        """Take the model's registry entry. :raises ModelNotAvailable: tasks it cannot run."""
+        unknown = [t for t in spec.tasks if t not in self.tasks]
+        if unknown:
+            raise ModelNotAvailable(
+                f"model {spec.id}: backend {spec.backend} cannot run tasks {unknown}; it runs "
+                f"{list(self.tasks)} (fix `tasks` in the registry)")
         self.spec = spec
         self.settings = settings
         self.loaded = False
@@ -124,3 +130,8 @@ def warm_up(spec: ModelSpec, run: Callable[[], object]) -> None:
     t0 = time.perf_counter()
     run()
     log.info("model %s: warmed up in %.2fs", spec.id, time.perf_counter() - t0)
+
+
+def tokens_per_second(tokens: int, elapsed_s: float) -> float | None:
+    """Return generation speed as every backend reports it in a job's metrics."""
+    return round(tokens / elapsed_s, 3) if elapsed_s > 0 else None

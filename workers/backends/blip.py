@@ -8,7 +8,7 @@ import torch
 from transformers import StoppingCriteriaList
 
 from shared.inputs import VqaInput
-from workers.backends.base import JobContext, Result
+from workers.backends.base import JobContext, Result, tokens_per_second
 from workers.backends.hf_generation import StopWhenAsked, to_device
 from workers.backends.hf_loading import (
     HFBackend,
@@ -63,5 +63,5 @@ class BlipVqaBackend(HFBackend):
         tokens = int(out.shape[-1])
         return Result({"text": text}, {
             "prompt_tokens": int(batch["input_ids"].shape[-1]), "completion_tokens": tokens,
-            "tokens_per_second": round(tokens / elapsed, 3) if elapsed > 0 else None,
+            "tokens_per_second": tokens_per_second(tokens, elapsed),
         })

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
-from workers.backends.base import JobContext, Result
+from workers.backends.base import JobContext, Result, tokens_per_second
 from workers.backends.hf_loading import typed_out_of_memory
 
 
@@ -103,7 +103,7 @@ def generate(model, tokenizer, inputs: dict[str, Any], params: dict[str, Any],
     return Result({"text": text, "finish_reason": finish}, {
         "prompt_tokens": prompt_len,
         "completion_tokens": completion,
-        "tokens_per_second": round(completion / elapsed, 3) if elapsed > 0 else None,
+        "tokens_per_second": tokens_per_second(completion, elapsed),
     })
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from shared.errors import InputRejected, ModelNotAvailable
 from shared.inputs import ChatInput, CompleteInput
 from shared.registry import resolve_source
-from workers.backends.base import Backend, JobContext, Result, warm_up
+from workers.backends.base import Backend, JobContext, Result, tokens_per_second, warm_up
 from workers.cpu import default_threads, extra_buffers_enabled, read_cpu
 
 log = logging.getLogger(__name__)
@@ -272,5 +272,5 @@ def _metrics(prompt: int | None, completion: int, elapsed: float) -> dict[str, A
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "tokens_per_second": round(completion / elapsed, 3) if elapsed > 0 else None,
+        "tokens_per_second": tokens_per_second(completion, elapsed),
     }
