@@ -50,6 +50,8 @@ class JobMetrics(BaseModel):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     tokens_per_second: float | None = None
+    # From submit to the first generated token, as the client saw it (queue wait included).
+    time_to_first_token_seconds: float | None = None
 
 
 class WebhookDelivery(BaseModel):

@@ -203,6 +203,7 @@ class WebhookNotifier:
         snapshot = json.dumps(
             {
                 "job_id": job.id,
+                "model": job.model,
                 "event": event,
                 "url": job.webhook.url,
                 "body": json.dumps(body, separators=(",", ":")),

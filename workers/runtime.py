@@ -26,7 +26,7 @@ from shared.config import Settings
 from shared.errors import JobFailure
 from shared.fleet import COMMANDS_CHANNEL, Fleet
 from shared.inputs import parse_input
-from shared.jobs import JobError, JobRecord
+from shared.jobs import JobError, JobRecord, now
 from shared.payloads import PayloadStore
 from shared.registry import ModelSpec, Registry
 from shared.results import Claim, IllegalTransition, ResultStore, connect
@@ -226,6 +226,8 @@ class WorkerRuntime:
         def emit(event: str, data: dict) -> None:
             self.store.add_event(job.id, event, data, batched=True)
             if event == "token":
+                if not parts:  # the time to first token, from submit, as the client sees it
+                    job.metrics.time_to_first_token_seconds = round(now() - job.created_at, 6)
                 parts.append(data.get("text", ""))
             if event in ("token", "progress"):
                 self.notifier.output(
@@ -237,6 +239,9 @@ class WorkerRuntime:
         return self.backend.run(job.task, parse_input(job.task, job.input, self.spec), ctx)
 
     def _finish(self, job: JobRecord, ctx: JobContext, result: Result) -> str:
+        if job.metrics.time_to_first_token_seconds is not None:
+            result.metrics.setdefault("time_to_first_token_seconds",
+                                      job.metrics.time_to_first_token_seconds)
         try:
             if ctx.canceled:
                 rec = self.store.mark_canceled(job.id, output=result.output,

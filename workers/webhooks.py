@@ -31,6 +31,8 @@ from shared.celery_app import DELIVER_WEBHOOK, WEBHOOK_QUEUE, enqueue_webhook, m
 from shared.config import Settings
 from shared.fleet import Fleet
 from shared.jobs import JobRecord, WebhookDelivery, now
+from shared.logs import bind_log_fields, log_scope
+from shared.metrics.store import MetricsStore
 from shared.registry import load_registry
 from shared.results import ResultStore, connect
 from shared.webhooks import (
@@ -78,6 +80,7 @@ class Deliverer:
         if snap.get("done"):
             return "done"  # delivered or given up already, or expired with its job
         job_id, event, url = snap["job_id"], snap["event"], snap["url"]
+        bind_log_fields(job_id=job_id, model=snap.get("model"))
         if event == "output" and _ended(self.store.get(job_id)):
             self._close(msg_id)  # `completed` carries the whole output now
             return "dropped"
@@ -305,6 +308,7 @@ def build_webhook_app(settings: Settings) -> Celery:
     app = make_celery(settings, load_registry(settings.registry))
     store = ResultStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s)
     deliverer = Deliverer(settings, store, app)
+    metrics = MetricsStore(store.r)
     fleet = Fleet(store.r)
     worker_id = f"webhooks@{socket.gethostname()}:{os.getpid()}"
     stop = threading.Event()
@@ -312,7 +316,14 @@ def build_webhook_app(settings: Settings) -> Celery:
     @app.task(name=DELIVER_WEBHOOK, ignore_result=True)
     def deliver_webhook(msg_id: str, attempt: int = 1) -> str:
         try:
-            return deliverer.deliver(msg_id, attempt)
+            with log_scope():
+                outcome = deliverer.deliver(msg_id, attempt)
+            if outcome != "done":  # "done": a duplicate message of a closed event
+                try:
+                    metrics.count_webhook(outcome)
+                except redis.RedisError as exc:  # never redeliver an event to count it
+                    log.warning("webhook %s: %s not counted: %s", msg_id, outcome, exc)
+            return outcome
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # The store is unreachable: hand the message back rather than lose the event.
             log.error("webhook %s: Redis unavailable (%s); requeueing the message", msg_id, exc)
