@@ -1,4 +1,8 @@
-"""Optional bearer-key authentication for every API route but health checks."""
+"""Optional bearer-key authentication for every route but health checks.
+
+/metrics is not open: it tells how busy each model is, which models exist and what fails;
+Prometheus sends a key like any client (see README "Metrics").
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from flask import Flask, request
 from shared.config import Settings
 from shared.errors import Unauthorized
 
-OPEN_PATHS = ("/healthz", "/readyz", "/health", "/metrics")
+OPEN_PATHS = ("/healthz", "/readyz", "/health")
 
 
 def install_auth(app: Flask, settings: Settings) -> None:
