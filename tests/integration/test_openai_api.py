@@ -10,6 +10,7 @@ import math
 import re
 import socket
 import struct
+import time
 import wave
 from pathlib import Path
 
@@ -247,19 +248,44 @@ def test_image_part_reaches_the_worker_and_text_only_model_refuses(client, serve
     assert exc.value.body["code"] == "invalid_media"
 
 
-def test_client_gone_mid_stream_cancels_its_job(server):
-    body = json.dumps({"model": SMOL, "stream": True, "max_tokens": 1000, "temperature": 0.8,
+def open_stream(server, model: str, until: bytes, count: int = 1, max_tokens: int = 1000) -> str:
+    """Start a streamed chat over a raw socket, read until `until` was seen count times,
+    then leave; return the job id."""
+    body = json.dumps({"model": model, "stream": True, "max_tokens": max_tokens,
+                       "temperature": 0.8,
                        "messages": [{"role": "user", "content": "Write a very long story."}]})
     host, port = server.url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=60)
-    sock.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
-                  f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
-                  f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
-    received = b""
-    while received.count(b'"content": "') < 6:  # the opening chunk, then five tokens
-        received += sock.recv(65536)
-    sock.close()  # the client goes away mid-stream
-    job_id = re.search(rb"X-Conveyor-Job-Id: (\w+)", received, re.I).group(1).decode()
+    deadline = time.monotonic() + 60
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
+                      f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
+        received = b""
+        while received.count(until) < count:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            chunk = sock.recv(65536)  # socket.timeout past the deadline
+            assert chunk, f"the server closed the stream early:\n{received.decode()}"
+            received += chunk
+    # The client went away.
+    return re.search(rb"X-Conveyor-Job-Id: (\w+)", received, re.I).group(1).decode()
+
+
+def test_client_gone_while_its_job_is_queued_cancels_it(server):
+    # No worker serves DialoGPT here: the job waits in the queue, the stream sends comments.
+    job_id = open_stream(server, "dialogpt-small", b'"role": "assistant"', max_tokens=100)
+
+    def ended():
+        job = job_of(server, "x-" + job_id)
+        return job if job["status"] != "queued" else None
+
+    # The server notices at its next keep-alive comment (every 5 s) that nobody listens.
+    job = wait_for(ended, 30, what="the abandoned queued job to end")
+    assert job["status"] == "canceled" and job["started_at"] is None, job
+
+
+def test_client_gone_mid_stream_cancels_its_job(server):
+    # The opening chunk, then five tokens.
+    job_id = open_stream(server, SMOL, b'"content": "', count=6)
 
     def ended():
         job = job_of(server, "x-" + job_id)
