@@ -166,8 +166,12 @@ class EchoInput(_Media):
     sleep_s: float = Field(0, ge=0, le=60)
     fail: str | None = Field(None, description="Fail the job with this message (for tests).")
     block_s: float | None = Field(
-        None, ge=0, le=60, description="Then sleep this long in one step that ignores cancel "
-        "and deadlines (for tests of the time-limit backstop).")
+        None,
+        ge=0,
+        le=60,
+        description="Then sleep this long in one step that ignores cancel and deadlines "
+        "(for tests of the time-limit backstop).",
+    )
 
 
 INPUTS: dict[str, type[BaseModel]] = {

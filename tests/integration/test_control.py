@@ -30,8 +30,9 @@ def settings(make_settings, tmp_path_factory):
     `echo-idle`, which no worker serves."""
     data = yaml.safe_load(DEFAULT_REGISTRY.read_text())
     keep = [m for m in data["models"] if m["id"] in ("smollm2-135m", "echo", "minilm")]
-    keep.append({"id": "echo-short", "backend": "echo", "tasks": ["echo"],
-                 "limits": {"time_limit_s": 2}})
+    keep.append(
+        {"id": "echo-short", "backend": "echo", "tasks": ["echo"], "limits": {"time_limit_s": 2}}
+    )
     keep.append({"id": "echo-idle", "backend": "echo", "tasks": ["echo"]})  # never a worker
     path = tmp_path_factory.mktemp("registry") / "models.yaml"
     path.write_text(yaml.safe_dump({"models": keep}))
@@ -75,8 +76,12 @@ def get(client, job_id):
 
 def until(client, job_id, status, timeout=30):
     statuses = {status} if isinstance(status, str) else set(status)
-    return wait_for(lambda: (r := get(client, job_id))["status"] in statuses and r, timeout,
-                    interval=0.02, what=f"job {job_id} to be {statuses}")
+    return wait_for(
+        lambda: (r := get(client, job_id))["status"] in statuses and r,
+        timeout,
+        interval=0.02,
+        what=f"job {job_id} to be {statuses}",
+    )
 
 
 def echo_pid(services, model="echo"):
@@ -86,10 +91,20 @@ def echo_pid(services, model="echo"):
 
 # cancellation
 def test_cancel_running_llama_stops_it_and_keeps_partial_output(client, services):
-    job = submit(client, {"model": "smollm2-135m", "task": "chat", "input": {
-        "prompt": "Write a very long story about a dragon.", "max_tokens": 800}})
-    wait_for(lambda: any(e[1] == "token" for e in services.store.read_events(job["id"])), 60,
-             interval=0.02, what="the first token")
+    job = submit(
+        client,
+        {
+            "model": "smollm2-135m",
+            "task": "chat",
+            "input": {"prompt": "Write a very long story about a dragon.", "max_tokens": 800},
+        },
+    )
+    wait_for(
+        lambda: any(e[1] == "token" for e in services.store.read_events(job["id"])),
+        60,
+        interval=0.02,
+        what="the first token",
+    )
     assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
     rec = until(client, job["id"], TERMINAL, timeout=30)
     assert rec["status"] == "canceled" and rec["output"]["finish_reason"] == "canceled"
@@ -106,25 +121,49 @@ LONG_PROMPT = "Summarize these words: " + " ".join(f"w{i}" for i in range(445))
 def test_cancel_during_llama_prompt_evaluation_stops_it(client, services):
     # A raw completion: its first chunk carries the first token, so a stop that waited
     # for it would show one token here.
-    job = submit(client, {"model": "smollm2-135m", "task": "complete", "input": {
-        "prompt": LONG_PROMPT, "max_tokens": 50}})
+    job = submit(
+        client,
+        {
+            "model": "smollm2-135m",
+            "task": "complete",
+            "input": {"prompt": LONG_PROMPT, "max_tokens": 50},
+        },
+    )
     until(client, job["id"], "running")
     assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
     rec = until(client, job["id"], TERMINAL, timeout=30)
     # Stopped inside the evaluation: no token was ever generated (a stop between tokens
     # would have come after the first one).
-    assert rec["status"] == "canceled" and rec["output"] == {"text": "",
-                                                               "finish_reason": "canceled"}
+    assert rec["status"] == "canceled" and rec["output"] == {
+        "text": "",
+        "finish_reason": "canceled",
+    }
     assert rec["metrics"]["completion_tokens"] == 0
     assert not [e for e in services.store.read_events(job["id"]) if e[1] == "token"]
     # The context was reset: the next job answers from a clean state.
-    after = submit(client, {"model": "smollm2-135m", "task": "chat", "input": {
-        "prompt": "What is the capital of France?", "max_tokens": 12, "temperature": 0}})
+    after = submit(
+        client,
+        {
+            "model": "smollm2-135m",
+            "task": "chat",
+            "input": {
+                "prompt": "What is the capital of France?",
+                "max_tokens": 12,
+                "temperature": 0,
+            },
+        },
+    )
     assert "Paris" in until(client, after["id"], TERMINAL, timeout=60)["output"]["text"]
     # The same prompt left to run (the context holds the chat above, so nothing of it is
     # reused): its evaluation alone takes far longer than the canceled job ran.
-    full = submit(client, {"model": "smollm2-135m", "task": "complete", "input": {
-        "prompt": LONG_PROMPT, "max_tokens": 1}})
+    full = submit(
+        client,
+        {
+            "model": "smollm2-135m",
+            "task": "complete",
+            "input": {"prompt": LONG_PROMPT, "max_tokens": 1},
+        },
+    )
     full = until(client, full["id"], TERMINAL, timeout=120)
     assert full["status"] == "succeeded" and full["metrics"]["prompt_tokens"] > 1000, full
     canceled_s = rec["completed_at"] - rec["started_at"]
@@ -133,8 +172,15 @@ def test_cancel_during_llama_prompt_evaluation_stops_it(client, services):
 
 
 def test_deadline_during_llama_prompt_evaluation_stops_it(client):
-    job = submit(client, {"model": "smollm2-135m", "task": "chat", "timeout_s": 0.5,
-                          "input": {"prompt": "Again. " + LONG_PROMPT, "max_tokens": 50}})
+    job = submit(
+        client,
+        {
+            "model": "smollm2-135m",
+            "task": "chat",
+            "timeout_s": 0.5,
+            "input": {"prompt": "Again. " + LONG_PROMPT, "max_tokens": 50},
+        },
+    )
     rec = until(client, job["id"], TERMINAL, timeout=30)
     assert rec["status"] == "failed" and rec["error"]["type"] == "timeout", rec
     assert rec["output"]["text"] == "" and rec["metrics"]["completion_tokens"] == 0
@@ -156,8 +202,10 @@ def test_cancel_running_echo_within_a_second(client):
 def test_high_priority_job_submitted_later_runs_next(client):
     busy = submit(client, {"model": "echo", "input": {"sleep_s": 3}})
     until(client, busy["id"], "running")
-    lows = [submit(client, {"model": "echo", "priority": "low", "input": {"sleep_s": 0.2}})
-            for _ in range(3)]
+    lows = [
+        submit(client, {"model": "echo", "priority": "low", "input": {"sleep_s": 0.2}})
+        for _ in range(3)
+    ]
     normal = submit(client, {"model": "echo", "input": {"sleep_s": 0.2}})
     high = submit(client, {"model": "echo", "priority": "high", "input": {"sleep_s": 0.2}})
     done = [until(client, j["id"], "succeeded") for j in (busy, high, normal, *lows)]
@@ -186,8 +234,15 @@ def test_timeout_fails_a_running_job_and_the_worker_keeps_serving(client, servic
 
 
 def test_llama_timeout_keeps_partial_output(client):
-    job = submit(client, {"model": "smollm2-135m", "task": "chat", "timeout_s": 1.5, "input": {
-        "prompt": "Write a very long story about a dragon.", "max_tokens": 1000}})
+    job = submit(
+        client,
+        {
+            "model": "smollm2-135m",
+            "task": "chat",
+            "timeout_s": 1.5,
+            "input": {"prompt": "Write a very long story about a dragon.", "max_tokens": 1000},
+        },
+    )
     rec = until(client, job["id"], TERMINAL, timeout=30)
     assert rec["status"] == "failed" and rec["error"]["type"] == "timeout", rec
     assert rec["output"]["finish_reason"] == "timeout" and rec["output"]["text"]
@@ -208,11 +263,14 @@ def test_celery_soft_time_limit_stops_a_step_that_never_returns(client, services
     job = submit(client, {"model": "echo-short", "input": {"block_s": 30}})
     rec = until(client, job["id"], TERMINAL, timeout=20)
     assert rec["status"] == "failed" and rec["error"] == {
-        "type": "timeout", "message": "the job ran past its 2 s time limit"}, rec
+        "type": "timeout",
+        "message": "the job ran past its 2 s time limit",
+    }, rec
     after = submit(client, {"model": "echo-short", "input": {"n": 1}})
     assert until(client, after["id"], TERMINAL)["status"] == "succeeded"
-    wait_for(lambda: echo_pid(services, "echo-short")[1] >= done_before + 2, 10,
-             what="worker heartbeat")
+    wait_for(
+        lambda: echo_pid(services, "echo-short")[1] >= done_before + 2, 10, what="worker heartbeat"
+    )
     assert echo_pid(services, "echo-short")[0] == pid  # no pool process was killed
 
 
@@ -222,8 +280,11 @@ def test_queue_timeout_expires_a_job_that_then_never_runs(client, services):
     until(client, busy["id"], "running")
     late = submit(client, {"model": "echo", "queue_timeout_s": 1, "input": {"image": PNG_URL}})
     # Watched in the store: a GET of the job would expire it in the web service itself.
-    rec = wait_for(lambda: (r := store.get(late["id"])).status.is_terminal() and r, 20,
-                   what="the reaper to expire the job")
+    rec = wait_for(
+        lambda: (r := store.get(late["id"])).status.is_terminal() and r,
+        20,
+        what="the reaper to expire the job",
+    )
     assert rec.status == "failed" and rec.error.type == "expired", rec
     # The reaper did it, not the busy worker meeting the message late: that one still runs.
     assert store.get(busy["id"]).status == "running"
@@ -233,8 +294,7 @@ def test_queue_timeout_expires_a_job_that_then_never_runs(client, services):
     assert until(client, marker["id"], TERMINAL)["status"] == "succeeded"
     rec = get(client, late["id"])
     assert rec["status"] == "failed" and rec["started_at"] is None and rec["attempts"] == 0
-    statuses = [e[2]["status"] for e in services.store.read_events(late["id"])
-                if e[1] == "status"]
+    statuses = [e[2]["status"] for e in services.store.read_events(late["id"]) if e[1] == "status"]
     assert statuses == ["queued", "failed"]
     assert late["id"] not in services.payloads.job_ids()
 
@@ -246,8 +306,11 @@ def test_queue_timeout_is_enforced_even_with_no_worker_at_all(make_settings, mak
     rec = until(lonely, job["id"], TERMINAL, timeout=15)
     assert rec["status"] == "failed" and rec["error"]["type"] == "expired"
     assert job["id"] not in lonely.application.extensions["conveyor"].payloads.job_ids()
-    waited = lonely.post("/v1/jobs", json={"model": "echo", "queue_timeout_s": 0.3,
-                                           "input": {}}, headers={"Prefer": "wait=1"})
+    waited = lonely.post(
+        "/v1/jobs",
+        json={"model": "echo", "queue_timeout_s": 0.3, "input": {}},
+        headers={"Prefer": "wait=1"},
+    )
     assert waited.get_json()["error"]["type"] == "expired"
 
 
@@ -257,8 +320,7 @@ def test_full_queue_answers_429_with_retry_after(client, services, make_app, set
     tight = make_app(settings.model_copy(update={"max_queued_per_model": depth + 3}))
     strict = tight.test_client()
     queued = [submit(strict, {"model": "echo-idle", "input": {"n": i}}) for i in range(3)]
-    assert all(j["status"] == "queued" and "no worker is online" in j["notice"]
-               for j in queued)
+    assert all(j["status"] == "queued" and "no worker is online" in j["notice"] for j in queued)
     stored = set(services.payloads.job_ids())
     resp = strict.post("/v1/jobs", json={"model": "echo-idle", "input": {"image": PNG_URL}})
     assert resp.status_code == 429
@@ -275,16 +337,18 @@ def test_full_queue_answers_429_with_retry_after(client, services, make_app, set
         strict.post(f"/v1/jobs/{job['id']}/cancel")
 
 
-def test_concurrent_submits_over_http_never_overshoot_the_queue_limit(services, settings,
-                                                                     start_server):
+def test_concurrent_submits_over_http_never_overshoot_the_queue_limit(
+    services, settings, start_server
+):
     depth = services.store.queue_depth("echo-idle")
     server = start_server(settings.model_copy(update={"max_queued_per_model": depth + 5}))
     gate = threading.Barrier(20)
 
     def post(i: int) -> requests.Response:
         gate.wait(30)
-        return requests.post(f"{server.url}/v1/jobs", timeout=30,
-                             json={"model": "echo-idle", "input": {"n": i}})
+        return requests.post(
+            f"{server.url}/v1/jobs", timeout=30, json={"model": "echo-idle", "input": {"n": i}}
+        )
 
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(post, range(20)))
@@ -339,10 +403,8 @@ def test_no_payload_is_left_after_100_jobs_end_in_mixed_ways(client, services, s
 
 def test_sweeper_runs_from_admin_and_periodically(client, services, sweeper_paused):
     payloads, store = services.payloads, services.store
-    live = store.create(JobRecord(id=new_job_id(), model="minilm", task="embed",
-                                  created_at=now()))
-    ended = store.create(JobRecord(id=new_job_id(), model="minilm", task="embed",
-                                   created_at=now()))
+    live = store.create(JobRecord(id=new_job_id(), model="minilm", task="embed", created_at=now()))
+    ended = store.create(JobRecord(id=new_job_id(), model="minilm", task="embed", created_at=now()))
     store.mark_canceled(ended.id)
     old = time.time() - 3600
     for job_id, size in ((live.id, 10), (ended.id, 20), ("orphan-old", 30), ("orphan-new", 40)):
@@ -362,6 +424,5 @@ def test_sweeper_runs_from_admin_and_periodically(client, services, sweeper_paus
         os.utime(path, (old, old))
     store.mark_canceled(live.id)
     services.redis.delete(LOCK_KEY)
-    wait_for(lambda: sorted(os.listdir(root)) == ["orphan-new"], 15,
-             what="the periodic sweep")
+    wait_for(lambda: sorted(os.listdir(root)) == ["orphan-new"], 15, what="the periodic sweep")
     payloads.delete("orphan-new")

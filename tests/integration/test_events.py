@@ -29,17 +29,27 @@ def submit(server, body):
 
 
 def chat(server, max_tokens=60):
-    return submit(server, {"model": "smollm2-135m", "task": "chat", "input": {
-        "prompt": "List the planets of the solar system, one per line.",
-        "max_tokens": max_tokens, "temperature": 0}})
+    return submit(
+        server,
+        {
+            "model": "smollm2-135m",
+            "task": "chat",
+            "input": {
+                "prompt": "List the planets of the solar system, one per line.",
+                "max_tokens": max_tokens,
+                "temperature": 0,
+            },
+        },
+    )
 
 
 def stream(server, job_id, last_event_id=None, stop_after=None):
     """Read a job's events until the stream ends (or stop_after frames); return the frames."""
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     frames = []
-    with requests.get(f"{server}/v1/jobs/{job_id}/events", headers=headers, stream=True,
-                      timeout=30) as resp:
+    with requests.get(
+        f"{server}/v1/jobs/{job_id}/events", headers=headers, stream=True, timeout=30
+    ) as resp:
         assert resp.status_code == 200, resp.text
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         for frame in sse_frames(resp):
@@ -81,8 +91,9 @@ def test_reconnect_with_last_event_id_replays_what_was_missed(server):
     assert [f["id"] for f in first + rest] == [f["id"] for f in late]
     assert first + rest == late
     text = "".join(t["text"] for t in tokens_of(late))
-    assert text == requests.get(f"{server}/v1/jobs/{job['id']}", timeout=10).json()[
-        "output"]["text"]
+    assert (
+        text == requests.get(f"{server}/v1/jobs/{job['id']}", timeout=10).json()["output"]["text"]
+    )
 
 
 def test_several_clients_at_once_see_the_same_events(server):
@@ -109,14 +120,15 @@ def test_progress_events_and_heartbeats_while_idle(server):
     # minilm has no worker: the job waits, and the stream sends heartbeats meanwhile.
     waiting = submit(server, {"model": "minilm", "input": {"text": "hi"}})
     seen = []
-    with requests.get(f"{server}/v1/jobs/{waiting['id']}/events", stream=True,
-                      timeout=30) as resp:
+    with requests.get(f"{server}/v1/jobs/{waiting['id']}/events", stream=True, timeout=30) as resp:
         for frame in sse_frames(resp):
             seen.append(frame)
             if sum(1 for f in seen if f.get("comment") == "heartbeat") == 2:
                 requests.post(f"{server}/v1/jobs/{waiting['id']}/cancel", timeout=10)
     assert [f["data"]["status"] for f in seen if f.get("event") == "status"] == [
-        "queued", "canceled"]
+        "queued",
+        "canceled",
+    ]
     echo = submit(server, {"model": "echo", "input": {"sleep_s": 2.5}})
     frames = stream(server, echo["id"])
     progress = [f["data"] for f in frames if f["event"] == "progress"]
@@ -145,8 +157,14 @@ def test_cancel_reaches_the_stream_and_ends_it(server):
 def test_unknown_job_and_bad_last_event_id(server):
     assert requests.get(f"{server}/v1/jobs/nope/events", timeout=10).status_code == 404
     job = submit(server, {"model": "echo", "input": {}})
-    resp = requests.get(f"{server}/v1/jobs/{job['id']}/events",
-                        headers={"Last-Event-ID": "garbage"}, timeout=10)
+    resp = requests.get(
+        f"{server}/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": "garbage"}, timeout=10
+    )
     assert resp.status_code == 422 and resp.json()["error"]["param"] == "Last-Event-ID"
-    wait_for(lambda: requests.get(f"{server}/v1/jobs/{job['id']}", timeout=10).json()[
-        "status"] in TERMINAL, 20, what="echo job to end")
+    wait_for(
+        lambda: (
+            requests.get(f"{server}/v1/jobs/{job['id']}", timeout=10).json()["status"] in TERMINAL
+        ),
+        20,
+        what="echo job to end",
+    )

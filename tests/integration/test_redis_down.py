@@ -30,16 +30,27 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 CHAT = [{"role": "user", "content": "Hi"}]
 # Every route that submits a job: (method, path, request kwargs).
 SUBMITS = [
-    ("post", "/v1/jobs", dict(json={"model": "echo", "input": {
-        "image": base64.b64encode(PNG).decode()}})),
+    (
+        "post",
+        "/v1/jobs",
+        dict(json={"model": "echo", "input": {"image": base64.b64encode(PNG).decode()}}),
+    ),
     ("post", "/v1/chat/completions", dict(json={"model": "smollm2-135m", "messages": CHAT})),
-    ("post", "/v1/chat/completions", dict(json={"model": "smollm2-135m", "messages": CHAT,
-                                                "stream": True})),
+    (
+        "post",
+        "/v1/chat/completions",
+        dict(json={"model": "smollm2-135m", "messages": CHAT, "stream": True}),
+    ),
     ("post", "/v1/completions", dict(json={"model": "smollm2-135m", "prompt": "Hi"})),
     ("post", "/v1/embeddings", dict(json={"model": "minilm", "input": "Hi"})),
-    ("post", "/v1/audio/transcriptions", dict(
-        data={"model": "whisper-1", "file": (io.BytesIO(wav()), "a.wav")},
-        content_type="multipart/form-data")),
+    (
+        "post",
+        "/v1/audio/transcriptions",
+        dict(
+            data={"model": "whisper-1", "file": (io.BytesIO(wav()), "a.wav")},
+            content_type="multipart/form-data",
+        ),
+    ),
     ("post", "/chat/completions", dict(json={"messages": CHAT})),
     ("post", "/generate/smollm2-135m", dict(json={"prompt": "Hi"})),
     ("post", "/generate", dict(json={"prompt": "Hi"})),
@@ -48,17 +59,26 @@ SUBMITS = [
 ]
 # Routes that read jobs, models or the fleet.
 READS = [
-    ("get", "/readyz"), ("get", "/v1/jobs/abc"), ("get", "/v1/jobs"), ("get", "/v1/models"),
-    ("get", "/v1/models/echo"), ("post", "/v1/jobs/abc/cancel"), ("get", "/v1/jobs/abc/events"),
-    ("get", "/model_info"), ("get", "/models"), ("get", "/admin/memory"),
+    ("get", "/readyz"),
+    ("get", "/v1/jobs/abc"),
+    ("get", "/v1/jobs"),
+    ("get", "/v1/models"),
+    ("get", "/v1/models/echo"),
+    ("post", "/v1/jobs/abc/cancel"),
+    ("get", "/v1/jobs/abc/events"),
+    ("get", "/model_info"),
+    ("get", "/models"),
+    ("get", "/admin/memory"),
 ]
 
 
 def call(client, method, path, kwargs=None):
     kwargs = dict(kwargs or {})
     if "data" in kwargs:  # file parts are read once: give each call its own
-        kwargs["data"] = {k: (io.BytesIO(v[0].getvalue()), v[1]) if isinstance(v, tuple) else v
-                          for k, v in kwargs["data"].items()}
+        kwargs["data"] = {
+            k: (io.BytesIO(v[0].getvalue()), v[1]) if isinstance(v, tuple) else v
+            for k, v in kwargs["data"].items()
+        }
     return getattr(client, method)(path, **kwargs)
 
 
@@ -76,8 +96,9 @@ def refused_url():
         yield f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
 
 
-def test_readyz_and_every_front_door_answer_503_when_redis_is_down(make_settings, make_app,
-                                                                 refused_url):
+def test_readyz_and_every_front_door_answer_503_when_redis_is_down(
+    make_settings, make_app, refused_url
+):
     client = make_app(make_settings(redis_url=refused_url)).test_client()
     assert client.get("/healthz").status_code == 200
     ready = client.get("/readyz")
@@ -92,8 +113,7 @@ def test_readyz_and_every_front_door_answer_503_when_redis_is_down(make_settings
         assert resp.headers["Retry-After"]
 
 
-def test_redis_going_down_mid_run_then_coming_back(tmp_path, make_settings, make_app,
-                                                   start_worker):
+def test_redis_going_down_mid_run_then_coming_back(tmp_path, make_settings, make_app, start_worker):
     from tests.conftest import start_redis
 
     data = tmp_path / "redis"
@@ -102,8 +122,9 @@ def test_redis_going_down_mid_run_then_coming_back(tmp_path, make_settings, make
     worker = start_worker(settings, "echo")
     try:
         client = make_app(settings).test_client()
-        rec = client.post("/v1/jobs", json={"model": "echo", "input": {}},
-                          headers={"Prefer": "wait=30"}).get_json()
+        rec = client.post(
+            "/v1/jobs", json={"model": "echo", "input": {}}, headers={"Prefer": "wait=30"}
+        ).get_json()
         assert rec["status"] == "succeeded", rec
 
         proc.kill()  # Redis goes away with the stack running
@@ -117,8 +138,11 @@ def test_redis_going_down_mid_run_then_coming_back(tmp_path, make_settings, make
         proc, _ = start_redis(data, port=port)  # back, empty (no persistence here)
         assert client.get("/readyz").status_code == 200
         # The worker reconnects to its broker and serves again.
-        rec = client.post("/v1/jobs", json={"model": "echo", "input": {"after": "outage"}},
-                          headers={"Prefer": "wait=60"}).get_json()
+        rec = client.post(
+            "/v1/jobs",
+            json={"model": "echo", "input": {"after": "outage"}},
+            headers={"Prefer": "wait=60"},
+        ).get_json()
         assert rec["status"] == "succeeded", rec
         # The other front doors answer again (no worker for their models here: they give up
         # after sync_wait_s, but no longer for want of Redis).
@@ -138,8 +162,9 @@ def test_broker_failing_after_the_record_is_written(make_settings, make_app, ref
     services = app.extensions["conveyor"]
     working = services.jobs.dispatcher
     # The job store answers; the broker (here on a port nobody serves) does not.
-    services.jobs.dispatcher = Dispatcher(settings.model_copy(update={"redis_url": refused_url}),
-                                          services.registry)
+    services.jobs.dispatcher = Dispatcher(
+        settings.model_copy(update={"redis_url": refused_url}), services.registry
+    )
     try:
         for method, path, kwargs in SUBMITS:
             assert_503(call(client, method, path, kwargs), path)

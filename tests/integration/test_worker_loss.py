@@ -72,7 +72,12 @@ def test_sigkill_of_every_worker_process_mid_job(make_settings, start_worker, ma
     assert rec["attempts"] == 2
     assert rec["output"] == {"echo": {"sleep_s": 3.0}}
     assert status_events(settings, job["id"]) == [
-        "queued", "running", "queued", "running", "succeeded"]
+        "queued",
+        "running",
+        "queued",
+        "running",
+        "succeeded",
+    ]
 
 
 def test_duplicate_deliveries_are_dropped(make_settings, start_worker, make_app):
@@ -93,8 +98,9 @@ def test_duplicate_deliveries_are_dropped(make_settings, start_worker, make_app)
 
     # A late delivery after it finished runs nothing and changes nothing.
     enqueue_job(app, settings, spec, job["id"], Priority.NORMAL, None)
-    marker = client.post("/v1/jobs", json={"model": "echo", "input": {}},
-                         headers={"Prefer": "wait=20"}).get_json()
+    marker = client.post(
+        "/v1/jobs", json={"model": "echo", "input": {}}, headers={"Prefer": "wait=20"}
+    ).get_json()
     assert marker["status"] == "succeeded"  # the worker consumed the duplicate before this
     again = client.get(f"/v1/jobs/{job['id']}").get_json()
     assert again["attempts"] == 1 and again["completed_at"] == completed_at
@@ -111,19 +117,24 @@ def test_job_fails_as_worker_lost_after_three_losses(make_settings, start_worker
         pids = worker.pool_pids()
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
-        wait_for(lambda pids=pids: worker.pool_pids() and worker.pool_pids() != pids, 30,
-                 what="a new pool process")
+        wait_for(
+            lambda pids=pids: worker.pool_pids() and worker.pool_pids() != pids,
+            30,
+            what="a new pool process",
+        )
     rec = finished(client, job["id"], timeout=60)
     assert rec["status"] == "failed"
     assert rec["error"]["type"] == "worker_lost"
     assert rec["attempts"] == 3
     # The worker is still healthy and serves the next job.
-    nxt = client.post("/v1/jobs", json={"model": "echo", "input": {}},
-                      headers={"Prefer": "wait=30"}).get_json()
+    nxt = client.post(
+        "/v1/jobs", json={"model": "echo", "input": {}}, headers={"Prefer": "wait=30"}
+    ).get_json()
     assert nxt["status"] == "succeeded"
 
 
 # A consumer killed just as Redis hands it a message takes the message with it.
+
 
 def test_broker_keys_name_the_lists_kombu_writes(make_settings):
     settings = make_settings()
@@ -138,16 +149,15 @@ def test_broker_keys_name_the_lists_kombu_writes(make_settings):
     assert sum(r.llen(key) for key in broker_keys(spec.queue)) == 4
 
 
-def test_a_queued_job_whose_message_was_lost_is_sent_again(make_settings, start_worker,
-                                                            make_app):
+def test_a_queued_job_whose_message_was_lost_is_sent_again(make_settings, start_worker, make_app):
     settings = make_settings(redeliver_after_s=1.0)
     worker = start_worker(settings, "echo")
     client = make_app(settings).test_client()
-    store = ResultStore(redis.Redis.from_url(settings.redis_url, decode_responses=True),
-                        ttl_s=600)
+    store = ResultStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), ttl_s=600)
     # Accepted and recorded, but its message never reached the broker's list.
-    lost = store.create(JobRecord(id=new_job_id(), model="echo", task="echo",
-                                  created_at=now(), input={"n": 1}))
+    lost = store.create(
+        JobRecord(id=new_job_id(), model="echo", task="echo", created_at=now(), input={"n": 1})
+    )
     rec = finished(client, lost.id, timeout=30)
     assert rec["status"] == "succeeded" and rec["attempts"] == 1
     assert status_events(settings, lost.id) == ["queued", "running", "succeeded"]
@@ -159,19 +169,24 @@ def test_a_queued_job_whose_message_was_lost_is_sent_again(make_settings, start_
     r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     keys = broker_keys(load_registry(settings.registry).get("minilm").queue)
     created = waiting.get_json()["created_at"]
-    wait_for(lambda: time.time() > created + settings.redeliver_after_s, 10,
-             what="the waiting job to be old enough to resend")
+    wait_for(
+        lambda: time.time() > created + settings.redeliver_after_s,
+        10,
+        what="the waiting job to be old enough to resend",
+    )
     # A reaper pass looks at every model: one that resends a lost echo job queued from now on
     # has looked at minilm's waiting job too.
-    marker = store.create(JobRecord(id=new_job_id(), model="echo", task="echo",
-                                    created_at=now(), input={"n": 2}))
+    marker = store.create(
+        JobRecord(id=new_job_id(), model="echo", task="echo", created_at=now(), input={"n": 2})
+    )
     assert finished(client, marker.id, timeout=30)["status"] == "succeeded"
     assert sum(r.llen(key) for key in keys) == 1
     assert r.exists(f"conveyor:redelivered:{waiting.get_json()['id']}") == 0
 
 
-def test_a_healthy_job_running_far_past_its_lease_is_not_requeued(make_settings, start_worker,
-                                                                  make_app):
+def test_a_healthy_job_running_far_past_its_lease_is_not_requeued(
+    make_settings, start_worker, make_app
+):
     settings = make_settings(lease_s=1.0, reaper_interval_s=0.2)
     start_worker(settings, "echo")
     client = make_app(settings).test_client()

@@ -42,9 +42,11 @@ def test_happy_path_stamps_times_and_metrics(store):
 def test_terminal_states_are_final(store, finish):
     job = queued(store)
     store.claim(job.id, "w1", lease_s=5, max_deliveries=3)
-    {"succeeded": lambda: store.mark_succeeded(job.id, {}),
-     "failed": lambda: store.mark_failed(job.id, JobError(type="x", message="y")),
-     "canceled": lambda: store.mark_canceled(job.id)}[finish]()
+    {
+        "succeeded": lambda: store.mark_succeeded(job.id, {}),
+        "failed": lambda: store.mark_failed(job.id, JobError(type="x", message="y")),
+        "canceled": lambda: store.mark_canceled(job.id),
+    }[finish]()
     with pytest.raises(IllegalTransition):
         store.mark_succeeded(job.id, {"late": True})
     with pytest.raises(IllegalTransition):
@@ -110,8 +112,14 @@ def test_events_replay_in_order_and_wait_wakes_on_end(store):
     store.mark_succeeded(job.id, {"text": "012"})
     events = store.read_events(job.id)
     kinds = [(e[1], e[2].get("status") or e[2].get("text")) for e in events]
-    assert kinds == [("status", "queued"), ("status", "running"), ("token", "0"),
-                     ("token", "1"), ("token", "2"), ("status", "succeeded")]
+    assert kinds == [
+        ("status", "queued"),
+        ("status", "running"),
+        ("token", "0"),
+        ("token", "1"),
+        ("token", "2"),
+        ("status", "succeeded"),
+    ]
     after_second = events[1][0]
     assert [e[2].get("text") for e in store.read_events(job.id, after_second)][:1] == ["0"]
     t0 = time.monotonic()
@@ -145,6 +153,7 @@ def test_backend_specific_metrics_are_kept(store):
 
 
 # Concurrency: every state change is a compare-and-set; these race real clients.
+
 
 def _race(n, fn):
     """Run fn(i) in n threads started together; return their results (or exceptions)."""
@@ -181,8 +190,11 @@ def test_racing_finishes_end_a_job_once(redis_db):
     job = queued(store)
     store.claim(job.id, "w1", lease_s=5, max_deliveries=3)
     stores = [ResultStore(connect(url), ttl_s=120) for _ in range(6)]
-    ends = [lambda s: s.mark_succeeded(job.id, {"n": 1}), lambda s: s.mark_canceled(job.id),
-            lambda s: s.mark_failed(job.id, JobError(type="x", message="y"))] * 2
+    ends = [
+        lambda s: s.mark_succeeded(job.id, {"n": 1}),
+        lambda s: s.mark_canceled(job.id),
+        lambda s: s.mark_failed(job.id, JobError(type="x", message="y")),
+    ] * 2
     results = _race(6, lambda i: ends[i](stores[i]))
     winners = [r for r in results if isinstance(r, JobRecord)]
     assert len(winners) == 1
@@ -228,12 +240,14 @@ def test_a_lease_that_appears_between_read_and_write_is_seen(store):
 def test_queue_limit_holds_under_racing_submits(redis_db):
     url = redis_db()
     stores = [ResultStore(connect(url), ttl_s=120) for _ in range(10)]
-    jobs = [JobRecord(id=new_job_id(), model="echo", task="echo", created_at=now())
-            for _ in range(10)]
+    jobs = [
+        JobRecord(id=new_job_id(), model="echo", task="echo", created_at=now()) for _ in range(10)
+    ]
     results = _race(10, lambda i: stores[i].create(jobs[i], max_queued=3))
     assert sum(isinstance(r, JobRecord) for r in results) == 3
-    assert all(isinstance(r, QueueFull) and r.depth == 3 for r in results
-               if not isinstance(r, JobRecord))
+    assert all(
+        isinstance(r, QueueFull) and r.depth == 3 for r in results if not isinstance(r, JobRecord)
+    )
     assert stores[0].queue_depth("echo") == 3
     created = {r.id for r in results if isinstance(r, JobRecord)}
     assert {j.id for j in jobs if stores[0].get(j.id)} == created
