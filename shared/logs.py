@@ -193,8 +193,10 @@ class _LineLogger(io.TextIOBase):
         if line.strip():
             self._logger.info("%s", line.rstrip())
 
-    def fileno(self) -> int:
-        return self._real.fileno()
+    def fileno(self) -> int | None:
+        # None, not the real descriptor: Celery's shutdown notice writes to the descriptor of
+        # sys.__stdout__ when it has one (around any logging); it is logged below instead.
+        return None
 
     def isatty(self) -> bool:
         return False
@@ -220,7 +222,7 @@ def _capture_output() -> None:
 def _celery_logging() -> None:
     """Keep Celery off our handlers, and scope each run_job task's records to its job."""
     from celery.signals import setup_logging as celery_setup_logging
-    from celery.signals import task_postrun, task_prerun
+    from celery.signals import task_postrun, task_prerun, worker_shutting_down
 
     tokens: dict[str, Any] = {}
 
@@ -235,9 +237,13 @@ def _celery_logging() -> None:
 
     # A setup_logging receiver makes Celery leave logging alone (no text handlers of its
     # own, no stdout redirection: stdout is ours already).
+    def shutting_down(sig=None, how=None, **_kwargs) -> None:
+        logging.getLogger("celery.apps.worker").info("worker: %s shutdown (%s)", how, sig)
+
     celery_setup_logging.connect(_keep_our_logging, weak=False)
     task_prerun.connect(start, weak=False)
     task_postrun.connect(end, weak=False)
+    worker_shutting_down.connect(shutting_down, weak=False)
 
 
 def _keep_our_logging(**_kwargs: Any) -> None:
