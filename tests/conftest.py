@@ -217,6 +217,9 @@ def start_worker(tmp_path_factory):
         return worker
 
     yield start
+    for worker in started:  # all at once: each takes a moment to shut down
+        if worker.proc.poll() is None:
+            worker.proc.terminate()
     for worker in started:
         worker.stop()
 
