@@ -1,4 +1,4 @@
-"""`python -m bench [all|queue|generation]`: run benchmarks and print side-by-side ratios."""
+"""`python -m bench [all|queue|generation|held]`: run benchmarks and print their tables."""
 
 from __future__ import annotations
 
@@ -10,25 +10,29 @@ import signal
 import sys
 import time
 
-from bench import generation, queue_overhead
+from bench import generation, held_streams, queue_overhead
 from bench.procs import StartFailed
 from bench.report import machine, table
 from bench.stack import Stack
+from shared.gunicorn_command import raise_open_files_limit
 from shared.logs import setup_logging
 
 log = logging.getLogger("bench")
 
-BENCHMARKS = ("queue", "generation")
+BENCHMARKS = ("queue", "generation", "held")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     q, g = queue_overhead.QueueOptions(), generation.GenerationOptions()
+    h = held_streams.HeldOptions()
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark conveyor against bare baselines, side by side in one run: "
                     "queue (echo job over HTTP vs a bare Celery no-op) and generation "
-                    "(SmolLM2 through conveyor vs bare llama-cpp-python). Only the ratios "
-                    "mean something on a busy machine. See docs/benchmarks.md.")
+                    "(SmolLM2 through conveyor vs bare llama-cpp-python), and held (thousands "
+                    "of SSE clients and Prefer: wait requests held by one web process, with "
+                    "health and submit latency meanwhile). Only the ratios mean something on "
+                    "a busy machine. See docs/benchmarks.md.")
     parser.add_argument("benchmark", nargs="?", default="all", choices=("all", *BENCHMARKS),
                         help="which benchmark to run (default: all)")
     parser.add_argument("--rounds", type=int, default=q.rounds,
@@ -46,6 +50,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="generation: pin llama.cpp n_threads on both sides (default: the "
                              "worker runs the shipped registry, bare runs at its best count)")
+    parser.add_argument("--streams", type=int, default=h.streams,
+                        help="held: SSE clients (default %(default)s)")
+    parser.add_argument("--waits", type=int, default=h.waits,
+                        help="held: Prefer: wait submits (default %(default)s)")
+    parser.add_argument("--held-jobs", type=int, default=h.jobs,
+                        help="held: long echo jobs the streams follow (default %(default)s)")
+    parser.add_argument("--job-s", type=float, default=h.job_s,
+                        help="held: seconds each long job runs (default %(default)s)")
     parser.add_argument("--quick", action="store_true",
                         help="a few rounds only: checks the benchmark runs, not the numbers")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -57,7 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.rounds, args.jobs, args.blocks = 20, args.clients * 2, 1
         args.gen_rounds, args.max_tokens = 1, 32
-    for name in ("rounds", "clients", "jobs", "blocks", "gen_rounds", "max_tokens"):
+        args.streams, args.waits, args.job_s = 200, 50, 20.0
+    for name in ("rounds", "clients", "jobs", "blocks", "gen_rounds", "max_tokens", "streams",
+                 "waits", "held_jobs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
@@ -80,10 +94,22 @@ def run(args: argparse.Namespace) -> dict:
                     rounds=args.rounds, clients=args.clients, jobs=args.jobs,
                     blocks=args.blocks))
                 title = "Queue overhead: echo job over HTTP vs bare Celery no-op"
-            else:
+            elif name == "generation":
                 rows, details = generation.run(stack, generation.GenerationOptions(
                     rounds=args.gen_rounds, max_tokens=args.max_tokens))
                 title = "Generation: SmolLM2 through conveyor vs bare llama-cpp-python"
+            else:
+                raise_open_files_limit(args.streams + args.waits + 1000)  # our client sockets
+                held_rows, details = held_streams.run(stack, held_streams.HeldOptions(
+                    streams=args.streams, waits=args.waits, jobs=args.held_jobs,
+                    job_s=args.job_s))
+                title = (f"Held: {args.streams} SSE clients and {args.waits} Prefer: wait "
+                         f"requests on one gunicorn worker")
+                details["seconds"] = round(time.monotonic() - t0, 1)
+                print(f"\n{held_streams.table(title, held_rows)}\n\n{json.dumps(details)}",
+                      flush=True)
+                results["benchmarks"][name] = {"rows": held_rows, **details}
+                continue
             details["seconds"] = round(time.monotonic() - t0, 1)
             print(f"\n{table(title, rows)}\n\n{json.dumps(details)}", flush=True)
             results["benchmarks"][name] = {"rows": [r.as_dict() for r in rows], **details}

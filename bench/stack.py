@@ -23,6 +23,7 @@ from bench.bare_celery import make_bare_app, round_trip
 from bench.procs import Child, StartFailed, wait_until
 from shared.config import DEFAULT_REGISTRY, Settings
 from shared.fleet import Fleet
+from shared.gunicorn_command import gunicorn_command, open_files_needed, raise_open_files_limit
 from shared.redis_server import find_redis_server, free_port, redis_command
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 CONVEYOR_DB = 0
 BARE_DB = 1
-WEB_THREADS = 32  # what `conveyor web` and `conveyor up` use
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -69,6 +69,7 @@ class Stack:
         self._redis_port: int | None = None
         self._workers: set[str] = set()
         self._web_url: str | None = None
+        self._web: Child | None = None
         self._bare = None
         self.failed = False
 
@@ -131,31 +132,34 @@ class Stack:
             )
         return self._settings
 
-    def worker(self, model: str, timeout: float = 120) -> None:
-        """Start `conveyor worker --model MODEL` (once) and wait until its model loaded."""
-        if model in self._workers:
+    def worker(self, model: str, timeout: float = 120, *, concurrency: int = 1,
+               name: str | None = None) -> None:
+        """Start `conveyor worker --model MODEL` (once per name) and wait until it loaded."""
+        name = name or f"worker-{model}"
+        if name in self._workers:
             return
         settings = self.settings
-        child = self._start(f"worker-{model}", [sys.executable, "-m", "shared.cli", "worker",
-                                                "--model", model], settings_env(settings))
+        child = self._start(name, [sys.executable, "-m", "shared.cli", "worker", "--model", model,
+                                   "--concurrency", str(concurrency)], settings_env(settings))
         fleet = Fleet(redis.Redis.from_url(settings.redis_url, decode_responses=True))
 
         def loaded() -> bool:
             pids = set(child.session())
             return any(w.get("loaded") and w.get("pid") in pids for w in fleet.workers(model))
 
-        wait_until(loaded, timeout=timeout, what=f"worker {model} to load", child=child)
-        self._workers.add(model)
+        wait_until(loaded, timeout=timeout, what=f"{name} to load", child=child)
+        self._workers.add(name)
 
     def web_url(self) -> str:
-        """Start gunicorn (gthread) serving web.wsgi:app (once); return its base URL."""
+        """Start gunicorn serving web.wsgi:app (once, one process); return its base URL."""
         if self._web_url is None:
             port = free_port(HOST)
-            child = self._start("web", [
-                sys.executable, "-m", "gunicorn", "web.wsgi:app", "--bind", f"{HOST}:{port}",
-                "--workers", "1", "--worker-class", "gthread", "--threads", str(WEB_THREADS),
-                "--timeout", "120",
-            ], settings_env(self.settings))
+            settings = self.settings
+            raise_open_files_limit(open_files_needed(settings))
+            child = self._start("web", gunicorn_command(settings, f"{HOST}:{port}", workers=1,
+                                                        access_log=False),
+                                settings_env(settings))
+            self._web = child
             url = f"http://{HOST}:{port}"
 
             def up() -> bool:
@@ -167,6 +171,12 @@ class Stack:
             wait_until(up, timeout=30, what="gunicorn", child=child)
             self._web_url = url
         return self._web_url
+
+    def web_worker_pids(self) -> list[int]:
+        """Return the pids of gunicorn's worker processes (not its master)."""
+        if self._web is None:
+            return []
+        return [pid for pid in self._web.session() if pid != self._web.pid]
 
     def bare_celery(self):
         """Start the baseline no-op Celery worker (once); return the client app."""

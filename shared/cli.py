@@ -99,17 +99,17 @@ Ctrl-C stops everything.
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", default=2, show_default=True, type=int)
-@click.option("--threads", default=32, show_default=True, type=int)
-def web(host, port, workers, threads) -> None:
+@click.option("--workers", default=2, show_default=True, type=int,
+              help="gunicorn processes; each holds up to CONVEYOR_MAX_HELD_REQUESTS streams.")
+def web(host, port, workers) -> None:
     """Serve the HTTP API with gunicorn (what the web container runs)."""
     import os
 
-    os.execvp(sys.executable, [
-        sys.executable, "-m", "gunicorn", "web.wsgi:app", "--bind", f"{host}:{port}",
-        "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads),
-        "--timeout", "120", "--access-logfile", "-",
-    ])
+    from shared.gunicorn_command import gunicorn_command, open_files_needed, raise_open_files_limit
+
+    settings = _settings()
+    raise_open_files_limit(open_files_needed(settings))
+    os.execvp(sys.executable, gunicorn_command(settings, f"{host}:{port}", workers=workers))
 
 
 @main.command()

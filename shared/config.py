@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         15.0, gt=0, le=50, description="Seconds of silence before an event stream sends a "
         "heartbeat comment (keeps proxies from closing it); below Redis' 60 s read timeout."
     )
+    max_held_requests: int = Field(
+        5000, ge=1, le=100_000,
+        description="Event streams and waiting requests (Prefer: wait, OpenAI and seed routes) "
+        "one web process holds at once; past it they are answered 503 with Retry-After. "
+        "Health checks, submits and polls never count against it.",
+    )
     payload_sweep_interval_s: float = Field(
         600.0, ge=1, le=86_400,
         description="How often the workers' reaper sweeps payloads of ended or vanished jobs.",

@@ -43,14 +43,22 @@ class IllegalTransition(Exception):
     """A state change the job's current state does not allow."""
 
 
-def connect(url: str, **kwargs) -> redis.Redis:
-    """Return a Redis client that fails fast when the server is unreachable."""
+def connect(url: str, *, pool_size: int | None = None, **kwargs) -> redis.Redis:
+    """Return a Redis client that fails fast when the server is unreachable.
+
+    pool_size bounds its connections: a caller past it waits for a free one (up to 10 s),
+    as the web tier's thousands of concurrent requests must, instead of failing at once.
+    """
     kwargs.setdefault("socket_connect_timeout", 3)
     # redis-py 8 reads with a 5 s timeout by default, which kills every blocking XREAD of
     # 5 s or more (job waits, event-stream heartbeats); stay well above the longest block.
     kwargs.setdefault("socket_timeout", 60)
     kwargs.setdefault("health_check_interval", 30)
-    return redis.Redis.from_url(url, decode_responses=True, **kwargs)
+    if pool_size is None:
+        return redis.Redis.from_url(url, decode_responses=True, **kwargs)
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=pool_size, timeout=10, decode_responses=True, **kwargs)
+    return redis.Redis(connection_pool=pool)
 
 
 class ResultStore:
@@ -121,6 +129,12 @@ class ResultStore:
                     break
             start += page
         return found
+
+    def get_many(self, job_ids: list[str]) -> dict[str, JobRecord | None]:
+        """Return the records of several jobs in one round trip (None when unknown or expired)."""
+        raws = self.r.mget([self.job_key(i) for i in job_ids]) if job_ids else []
+        return {i: JobRecord.model_validate_json(raw) if raw else None
+                for i, raw in zip(job_ids, raws, strict=True)}
 
     def queue_depth(self, model: str) -> int:
         """Return how many jobs of a model wait for a worker."""
@@ -380,6 +394,10 @@ class ResultStore:
                 break
         return self.get(job_id)
 
+    def stream_reader(self) -> StreamReader:
+        """Return a reader of many jobs' events and ends on a connection of its own."""
+        return StreamReader(self)
+
     def iter_events(self, job_id: str, after: str, *, idle_s: float) -> Iterator[tuple]:
         """Yield events after an id; yield None after idle_s with nothing new."""
         while True:
@@ -476,3 +494,66 @@ class ResultStore:
             writes.reset()
             if self._commit(keys=[key, lease_key], args=args):
                 return new
+
+class StreamReader:
+    """Blocking reads of many jobs' event logs and end streams in one command.
+
+    It holds one connection of its own, so a web process follows every job its clients
+    wait on with one blocked XREAD, not one per client. interrupt(), from another thread,
+    wakes a blocked read so that a job added since joins the next one at once.
+    """
+
+    def __init__(self, store: ResultStore) -> None:
+        self._store = store
+        self._r: redis.Redis | None = None  # connected at the first read, not at start-up
+        self._client_id: int | None = None
+
+    def _client(self) -> redis.Redis:
+        if self._r is None:
+            pool = self._store.r.connection_pool
+            self._r = redis.Redis(
+                connection_pool=redis.ConnectionPool(connection_class=pool.connection_class,
+                                                     **pool.connection_kwargs),
+                single_connection_client=True)
+        return self._r
+
+    def read(
+        self, events: dict[str, str], ends: list[str], *, block_ms: int, count: int = 500
+    ) -> tuple[dict[str, list[tuple[str, str, dict]]], set[str]]:
+        """Wait up to block_ms for events after each job's id, or the end of the jobs in ends.
+
+        Return the new events by job id and the ids of the jobs in ends that ended.
+        :raises redis.RedisError: when Redis cannot be reached (the next read reconnects).
+        """
+        streams = {self._store.events_key(j): after for j, after in events.items()}
+        streams.update({self._store.end_key(j): "0-0" for j in ends})
+        if not streams:
+            return {}, set()
+        try:
+            client = self._client()
+            if self._client_id is None:
+                self._client_id = client.client_id()
+            resp = client.xread(streams, count=count, block=block_ms)
+        except redis.RedisError:
+            self._client_id = None
+            raise
+        found: dict[str, list[tuple[str, str, dict]]] = {}
+        ended: set[str] = set()
+        for key, entries in resp or []:
+            kind, _, job_id = key.removeprefix(f"{PREFIX}:").partition(":")
+            if kind == "end":
+                ended.add(job_id)
+                continue
+            found[job_id] = [(eid, fields.get("event", "message"), json.loads(fields["data"]))
+                             for eid, fields in entries]
+        return found, ended
+
+    def interrupt(self) -> bool:
+        """Wake a read blocked now; False when none was (or the connection is not up yet)."""
+        if self._client_id is None:
+            return False
+        return bool(self._store.r.client_unblock(self._client_id))
+
+    def close(self) -> None:
+        if self._r is not None:
+            self._r.close()

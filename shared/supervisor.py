@@ -18,7 +18,9 @@ from pathlib import Path
 import redis
 import requests
 
+from shared.config import Settings
 from shared.fleet import Fleet
+from shared.gunicorn_command import gunicorn_command, open_files_needed, raise_open_files_limit
 from shared.redis_server import find_redis_server, free_port, redis_command
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,6 @@ class StackConfig:
     flower: bool = False
     flower_port: int = 5555
     web_workers: int = 2
-    web_threads: int = 32
     startup_timeout_s: float = 300.0
     webhook_worker: bool = True
 
@@ -132,11 +133,10 @@ class Stack:
 
     def _web_child(self) -> Child:
         url = f"http://{self.cfg.host}:{self.cfg.port}/readyz"
-        cmd = [sys.executable, "-m", "gunicorn", "web.wsgi:app",
-               "--bind", f"{self.cfg.host}:{self.cfg.port}",
-               "--workers", str(self.cfg.web_workers), "--worker-class", "gthread",
-               "--threads", str(self.cfg.web_threads), "--timeout", "120",
-               "--graceful-timeout", "10", "--access-logfile", "-"]
+        settings = Settings()  # the environment the web child gets, less what _env() sets
+        raise_open_files_limit(open_files_needed(settings))  # before the child is spawned
+        cmd = gunicorn_command(settings, f"{self.cfg.host}:{self.cfg.port}",
+                               workers=self.cfg.web_workers)
         return Child("web", cmd, self._env(), self.logs / "web.log",
                      ready=lambda: _safe(lambda: requests.get(url, timeout=1).ok))
 

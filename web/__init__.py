@@ -16,9 +16,15 @@ from shared.registry import Registry, load_registry
 from shared.results import ResultStore, connect
 from web.dispatch import Dispatcher
 from web.errors import register_error_handlers
+from web.hold_limit import HoldLimit
+from web.job_feeds import JobFeeds
 from web.service import JobService
 
 log = logging.getLogger(__name__)
+
+# Redis connections one web process opens for its requests' commands, however many
+# requests run at once (they take turns); held streams and waits add one reader in all.
+REDIS_POOL_SIZE = 64
 
 
 @dataclass
@@ -32,17 +38,20 @@ class Services:
     payloads: PayloadStore
     fleet: Fleet
     jobs: JobService
+    holds: HoldLimit  # streams and waits held open at once, capped
 
 
 def build_services(settings: Settings) -> Services:
     """Wire the stores, dispatcher and job service for one app."""
     registry = load_registry(settings.registry)
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, pool_size=REDIS_POOL_SIZE)
     store = ResultStore(client, ttl_s=settings.result_ttl_s)
     payloads = PayloadStore(settings.payload_location, max_bytes=settings.max_media_bytes)
     fleet = Fleet(client)
-    jobs = JobService(settings, registry, store, payloads, Dispatcher(settings, registry), fleet)
-    return Services(settings, registry, client, store, payloads, fleet, jobs)
+    jobs = JobService(settings, registry, store, payloads, Dispatcher(settings, registry), fleet,
+                      JobFeeds(store))
+    holds = HoldLimit(settings.max_held_requests)
+    return Services(settings, registry, client, store, payloads, fleet, jobs, holds)
 
 
 def create_app(settings: Settings | None = None) -> Flask:

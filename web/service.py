@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -20,6 +21,7 @@ from shared.sweeper import sweep_payloads
 from shared.webhooks import WebhookNotifier, check_target
 from web.dispatch import Dispatcher
 from web.intake import Intake
+from web.job_feeds import Event, JobFeeds
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ class JobService:
 
     def __init__(
         self, settings: Settings, registry: Registry, store: ResultStore,
-        payloads: PayloadStore, dispatcher: Dispatcher, fleet: Fleet,
+        payloads: PayloadStore, dispatcher: Dispatcher, fleet: Fleet, feeds: JobFeeds,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -73,6 +75,7 @@ class JobService:
         self.payloads = payloads
         self.dispatcher = dispatcher
         self.fleet = fleet
+        self.feeds = feeds
         self.webhook_hook = self._check_webhook_target
         # Jobs canceled while queued end here, so their `completed` webhook starts here too.
         self.notifier = WebhookNotifier(store.r, dispatcher.send_webhook,
@@ -183,13 +186,20 @@ class JobService:
         return job
 
     def wait(self, job_id: str, timeout_s: float, *, known: bool = False) -> JobRecord:
-        """Return the job once it ends or timeout_s passes (known: just submitted here)."""
-        job = self.store.wait(job_id, timeout_s, known=known)
-        if job is None:
-            raise NotFound(f"job {job_id} not found (unknown or expired)", code="job_not_found")
-        if job.queue_expired(now()):
-            job = self._expire(job)
-        return job
+        """Return the job once it ends or timeout_s passes (known: just submitted here).
+
+        :raises NotFound: unknown or expired id.
+        """
+        if not known:
+            job = self.get(job_id)
+            if job.status.is_terminal():
+                return job
+        self.feeds.wait_end(job_id, timeout_s)  # shares one Redis read with every other wait
+        return self.get(job_id)
+
+    def follow(self, job_id: str, after: str, idle_s: float) -> Iterator[Event | None]:
+        """Yield a job's events after an id, None after idle_s of silence, until it ends."""
+        return self.feeds.follow(job_id, after, idle_s=idle_s)
 
     def cancel(self, job_id: str) -> JobRecord:
         """Cancel a job: at once when queued, at its next step when running."""

@@ -625,7 +625,8 @@ sys.meta_path.insert(0, NoTorch())
 
 def test_the_web_image_modules_import_without_torch():
     # What the web image runs: gunicorn's target (from `conveyor web`) and the webhook worker.
-    target = re.search(r'"(web\.[\w.]+:\w+)"', (ROOT / "shared" / "cli.py").read_text())[1]
+    target = re.search(r'"(web\.[\w.]+:\w+)"',
+                       (ROOT / "shared" / "gunicorn_command.py").read_text())[1]
     module, attr = target.split(":")
     code = _NO_TORCH + (f"import {module} as m, workers.webhooks; app = m.{attr}\n"
                         "assert callable(app) and app.name, app\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 
 from flask import Blueprint, current_app, jsonify, request
 
@@ -18,6 +19,14 @@ MAX_WAIT_S = 60.0
 
 def _service():
     return current_app.extensions["conveyor"].jobs
+
+
+def _held(wait: float | None):
+    """Hold a place under the process's cap while a request waits (nothing when it does not).
+
+    :raises ServiceUnavailable: past the cap, before anything is submitted.
+    """
+    return current_app.extensions["conveyor"].holds.hold("wait") if wait else nullcontext()
 
 
 def _record(job, status: int = 200):
@@ -39,10 +48,11 @@ def prefer_wait() -> float | None:
 @bp.post("/v1/jobs")
 def submit():
     body, files = submission()
-    job = _service().submit(parse_request(body), files)
     wait = prefer_wait()
-    if wait:
-        job = _service().wait(job.id, wait, known=True)
+    with _held(wait):
+        job = _service().submit(parse_request(body), files)
+        if wait:
+            job = _service().wait(job.id, wait, known=True)
     resp = _record(job, 200 if job.status.is_terminal() else 202)
     resp.headers["Location"] = f"/v1/jobs/{job.id}"
     if wait:
@@ -54,7 +64,8 @@ def submit():
 def get(job_id: str):
     wait = prefer_wait()
     svc = _service()
-    return _record(svc.wait(job_id, wait) if wait else svc.get(job_id))
+    with _held(wait):
+        return _record(svc.wait(job_id, wait) if wait else svc.get(job_id))
 
 
 @bp.get("/v1/jobs")

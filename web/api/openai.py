@@ -3,6 +3,8 @@ shapes (also the llama.cpp server's POST /chat/completions, seeds/003)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -17,6 +19,7 @@ from web.protocols.openai import (
     TranscriptionRequest,
 )
 from web.protocols.openai_replies import (
+    KEEPALIVE_MAX_S,
     chat_completion,
     chat_stream,
     completion,
@@ -42,6 +45,24 @@ def _default(task: str) -> str | None:
 def _settled(job: JobRecord) -> JobRecord:
     svc = _services()
     return settle(svc.jobs, job, svc.settings.sync_wait_s)
+
+
+def _held(answer: Callable[[], Response]) -> Response:
+    """Answer a request that waits for its job, within the process's cap on held requests."""
+    with _services().holds.hold("wait"):
+        return answer()
+
+
+def _streamed(job_request, frames) -> Response:
+    """Submit a job and stream frames(jobs, job, heartbeat_s), within the cap."""
+    svc = _services()
+
+    def start() -> Response:
+        job = svc.jobs.submit(job_request)
+        beat = min(svc.settings.sse_heartbeat_s, KEEPALIVE_MAX_S)
+        return _event_stream(frames(svc.jobs, job, beat), job)
+
+    return svc.holds.stream(start)
 
 
 def _answer(body, job: JobRecord) -> Response:
@@ -75,30 +96,44 @@ def _http_error(exc: HTTPException):
 @bp.post("/chat/completions")
 def chat_completions():
     req = parse_model(ChatCompletionRequest, json_body())
-    jobs = _services().jobs
-    job = jobs.submit(req.to_job_request(_default("chat")))
+    job_request = req.to_job_request(_default("chat"))
     if req.stream:
-        return _event_stream(chat_stream(jobs, job, include_usage=req.include_usage), job)
-    return _answer(chat_completion(_settled(job)), job)
+        return _streamed(job_request, lambda jobs, job, beat: chat_stream(
+            jobs, job, include_usage=req.include_usage, heartbeat_s=beat))
+
+    def answer() -> Response:
+        job = _services().jobs.submit(job_request)
+        return _answer(chat_completion(_settled(job)), job)
+
+    return _held(answer)
 
 
 @bp.post("/v1/completions")
 def completions():
     req = parse_model(CompletionRequest, json_body())
-    jobs = _services().jobs
-    job = jobs.submit(req.to_job_request(_default("complete")))
+    job_request = req.to_job_request(_default("complete"))
     echo = req.text if req.echo else None
     if req.stream:
-        return _event_stream(completion_stream(jobs, job, echo_prompt=echo,
-                                               include_usage=req.include_usage), job)
-    return _answer(completion(_settled(job), echo), job)
+        return _streamed(job_request, lambda jobs, job, beat: completion_stream(
+            jobs, job, echo_prompt=echo, include_usage=req.include_usage, heartbeat_s=beat))
+
+    def answer() -> Response:
+        job = _services().jobs.submit(job_request)
+        return _answer(completion(_settled(job), echo), job)
+
+    return _held(answer)
 
 
 @bp.post("/v1/embeddings")
 def create_embeddings():
     req = parse_model(EmbeddingRequest, json_body())
-    job = _services().jobs.submit(req.to_job_request(_default("embed")))
-    return _answer(embeddings(_settled(job), req.encoding_format), job)
+    job_request = req.to_job_request(_default("embed"))
+
+    def answer() -> Response:
+        job = _services().jobs.submit(job_request)
+        return _answer(embeddings(_settled(job), req.encoding_format), job)
+
+    return _held(answer)
 
 
 @bp.post("/v1/audio/transcriptions")
@@ -109,8 +144,13 @@ def transcriptions():
               for k in request.form}
     req = parse_model(TranscriptionRequest, fields)
     upload = request.files.get("file")
-    job = _services().jobs.submit(*req.to_job_request(upload.read() if upload else None))
-    return _answer(transcription(_settled(job), req.response_format, req.language), job)
+    job_request = req.to_job_request(upload.read() if upload else None)
+
+    def answer() -> Response:
+        job = _services().jobs.submit(*job_request)
+        return _answer(transcription(_settled(job), req.response_format, req.language), job)
+
+    return _held(answer)
 
 
 @bp.get("/v1/models/<path:model_id>")

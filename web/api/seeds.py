@@ -50,8 +50,9 @@ def _spec(name: str | None) -> ModelSpec:
 
 def _run(req):
     svc = _services()
-    job = svc.jobs.submit(req)
-    return settle(svc.jobs, job, svc.settings.sync_wait_s)
+    with svc.holds.hold("wait"):
+        job = svc.jobs.submit(req)
+        return settle(svc.jobs, job, svc.settings.sync_wait_s)
 
 
 @bp.get("/health")

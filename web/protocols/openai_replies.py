@@ -16,11 +16,12 @@ from web.service import JobService
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 5.0
 DONE = "data: [DONE]\n\n"
 KEEPALIVE = ": keep-alive\n\n"  # an SSE comment: clients skip it; a gone client makes it fail
+# Longest gap between two keep-alives (CONVEYOR_SSE_HEARTBEAT_S when shorter): the second
+# write to a client that left fails, so its job is canceled within about twice this.
+KEEPALIVE_MAX_S = 5.0
 _STATUS = {415: 400, 422: 400}  # OpenAI answers every invalid request with 400
-_TERMINAL = {s.value for s in JobStatus if s.is_terminal()}
 
 
 # errors
@@ -124,12 +125,8 @@ def _data(obj: dict[str, Any]) -> str:
 def _follow(jobs: JobService, job_id: str, heartbeat_s: float) -> Iterator[tuple[str, Any]]:
     """Yield ("token", text), ("idle", None) and finally ("end", record) for a job."""
     sent = 0
-    for item in jobs.store.iter_events(job_id, "0-0", idle_s=heartbeat_s):
+    for item in jobs.follow(job_id, "0-0", heartbeat_s):
         if item is None:
-            job = jobs.get(job_id)
-            if job.status.is_terminal():  # its events expired or were trimmed
-                yield "end", job
-                return
             yield "idle", None
             continue
         _event_id, event, data = item
@@ -139,9 +136,8 @@ def _follow(jobs: JobService, job_id: str, heartbeat_s: float) -> Iterator[tuple
                 continue
             sent = index + 1
             yield "token", data.get("text", "")
-        elif event == "status" and data.get("status") in _TERMINAL:
-            yield "end", jobs.get(job_id)
-            return
+    # It ended (or its events expired or were trimmed): the record says how.
+    yield "end", jobs.get(job_id)
 
 
 def _stream(jobs: JobService, job: JobRecord, opening: str, frames,
@@ -172,7 +168,7 @@ def _stream(jobs: JobService, job: JobRecord, opening: str, frames,
 
 
 def chat_stream(jobs: JobService, job: JobRecord, *, include_usage: bool = False,
-                heartbeat_s: float = HEARTBEAT_S) -> Iterator[str]:
+                heartbeat_s: float) -> Iterator[str]:
     """Yield chat.completion.chunk frames for a submitted chat job, then [DONE]."""
     base = {"id": f"chatcmpl-{job.id}", "object": "chat.completion.chunk",
             "created": int(job.created_at), "model": job.model, "system_fingerprint": None}
@@ -204,8 +200,7 @@ def chat_stream(jobs: JobService, job: JobRecord, *, include_usage: bool = False
 
 
 def completion_stream(jobs: JobService, job: JobRecord, *, echo_prompt: str | None = None,
-                      include_usage: bool = False,
-                      heartbeat_s: float = HEARTBEAT_S) -> Iterator[str]:
+                      include_usage: bool = False, heartbeat_s: float) -> Iterator[str]:
     """Yield text_completion chunk frames for a submitted completion job, then [DONE]."""
     base = {"id": f"cmpl-{job.id}", "object": "text_completion", "created": int(job.created_at),
             "model": job.model, "system_fingerprint": None}
