@@ -13,7 +13,8 @@ import redis
 
 from shared import store_scripts as scripts
 from shared.event_buffer import Event, EventBuffer
-from shared.jobs import TERMINAL, JobError, JobRecord, JobStatus, now
+from shared.jobs import TERMINAL, JobError, JobRecord, JobStatus, Priority, now
+from shared.metrics import store as metrics
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class ResultStore:
         self._renew = client.register_script(scripts.RENEW)
         self._create = client.register_script(scripts.CREATE)
         self._commit = client.register_script(scripts.COMMIT)
+        self._queued_by_priority = client.register_script(scripts.QUEUED_BY_PRIORITY)
         self._batch = EventBuffer(self._write_events)
 
     # keys
@@ -144,6 +146,15 @@ class ResultStore:
         pipe.zcard(key)
         return pipe.execute()[1]
 
+    def queue_depths(self, models: list[str]) -> dict[str, dict[Priority, int]]:
+        """Return each model's queued jobs by priority, in one round trip."""
+        if not models:
+            return {}
+        counts = self._queued_by_priority(keys=[self.queued_key(m) for m in models],
+                                          args=[repr(now() - self.ttl_s), self.job_key("")])
+        order = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
+        return {m: dict(zip(order, c, strict=True)) for m, c in zip(models, counts, strict=True)}
+
     def queue_position(self, job: JobRecord) -> int | None:
         """Return the 0-based place of a queued job among its model's queued jobs."""
         if job.status != JobStatus.QUEUED:
@@ -175,9 +186,11 @@ class ResultStore:
         first = {"status": job.status.value, "at": job.created_at}
         created, depth = self._create(
             keys=[self.job_key(job.id), self.INDEX_KEY, self.queued_key(job.model),
-                  self.events_key(job.id)],
+                  self.events_key(job.id), metrics.METRICS_KEY],
             args=[job.model_dump_json(), self.ttl_s, repr(job.created_at), job.id, max_queued,
-                  repr(now() - self.ttl_s), json.dumps(first), EVENTS_MAXLEN])
+                  repr(now() - self.ttl_s), json.dumps(first), EVENTS_MAXLEN,
+                  metrics.submitted_field(job.model, job.task),
+                  metrics.rejected_field(job.model, job.task, "queue_full")])
         if created == 0:
             raise QueueFull(depth)
         if created < 0:
@@ -479,6 +492,7 @@ class ResultStore:
             if not raw:
                 return None
             rec = JobRecord.model_validate_json(raw)
+            was_terminal = rec.status.is_terminal()
             new = apply(rec, lease is not None)
             if new is None:
                 return rec
@@ -488,12 +502,16 @@ class ResultStore:
                 writes.zrem(self.queued_key(new.model), job_id)
             if extra:
                 extra(new, writes)
+            if new.status.is_terminal() and not was_terminal:
+                # Counted in the same compare-and-set: once per job, whichever path ends it.
+                metrics.MetricsStore.queue(writes, metrics.job_end_writes(new))
             args: list = [raw, int(lease is not None), len(writes.command_stack)]
             for command, _options in writes.command_stack:
                 args += [len(command), *command]
             writes.reset()
             if self._commit(keys=[key, lease_key], args=args):
                 return new
+
 
 class StreamReader:
     """Blocking reads of many jobs' event logs and end streams in one command.

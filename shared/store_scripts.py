@@ -8,13 +8,16 @@ end
 return 0
 """
 
-# Create a job unless its model's queue is full: the check and the write in one step.
-# KEYS: record, index, model's queued set, events. ARGV: record, ttl_s, created_at, id,
-# max queued (0: no limit), expiry cutoff, first event's data, events maxlen.
+# Create a job unless its model's queue is full: the check and the write in one step,
+# counted in the metrics hash with them (submitted, or rejected when full).
+# KEYS: record, index, model's queued set, events, metrics. ARGV: record, ttl_s, created_at,
+# id, max queued (0: no limit), expiry cutoff, first event's data, events maxlen,
+# submitted field, rejected field.
 CREATE = """
 redis.call('zremrangebyscore', KEYS[3], '-inf', ARGV[6])
 local depth = redis.call('zcard', KEYS[3])
 if tonumber(ARGV[5]) > 0 and depth >= tonumber(ARGV[5]) then
+  redis.call('hincrby', KEYS[5], ARGV[10], 1)
   return {0, depth}
 end
 if not redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then
@@ -24,7 +27,28 @@ redis.call('zadd', KEYS[2], ARGV[3], ARGV[4])
 redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
 redis.call('xadd', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'event', 'status', 'data', ARGV[7])
 redis.call('expire', KEYS[4], ARGV[2])
+redis.call('hincrby', KEYS[5], ARGV[9], 1)
 return {1, depth}
+"""
+
+# Queued jobs of several models by priority, for the metrics scrape: one round trip, no
+# records sent back. KEYS: each model's queued set. ARGV: expiry cutoff, job key prefix.
+# Returns, per model, the counts of [high, normal, low].
+QUEUED_BY_PRIORITY = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  redis.call('zremrangebyscore', key, '-inf', ARGV[1])
+  local counts = {high = 0, normal = 0, low = 0}
+  for _, id in ipairs(redis.call('zrange', key, 0, -1)) do
+    local raw = redis.call('get', ARGV[2] .. id)
+    if raw then
+      local p = cjson.decode(raw)['priority']
+      if counts[p] then counts[p] = counts[p] + 1 end
+    end
+  end
+  out[i] = {counts.high, counts.normal, counts.low}
+end
+return out
 """
 
 # The write half of ResultStore._update: run the given commands only if the record is
