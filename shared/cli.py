@@ -54,7 +54,7 @@ def up(models, host, port, data_dir, redis_url, flower, flower_port, threads) ->
     from shared.supervisor import Interrupted, Stack, StackConfig, StartupFailed
 
     settings = _settings(data_dir=data_dir)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format, capture_output=True)
     registry = load_registry(settings.registry)
     models = list(models) or [registry.default_for("chat").id]
     unknown = [m for m in models if m not in registry]
@@ -70,16 +70,30 @@ def up(models, host, port, data_dir, redis_url, flower, flower_port, threads) ->
     try:
         stack.start()
         chat = next((m for m in models if "chat" in registry.get(m).tasks), None)
-        _banner(host, port, models, chat or models[0], stack, flower, flower_port)
+        if settings.log_format == "json":
+            _say(settings, "conveyor is up", url=f"http://{host}:{port}", models=models,
+                 redis=stack.redis_url, logs=str(stack.logs))
+        else:
+            _banner(host, port, models, chat or models[0], stack, flower, flower_port)
         stack.supervise()
     except StartupFailed as exc:
         stack.stop()
-        click.echo(f"conveyor up: {exc}", err=True)
+        _say(settings, f"conveyor up: {exc}", error=True)
         sys.exit(1)
     except Interrupted:
         pass
-    click.echo("\nconveyor: stopping...", err=True)
+    _say(settings, "\nconveyor: stopping...", err=True)
     stack.stop()
+
+
+def _say(settings: Settings, text: str, *, error: bool = False, err: bool = False,
+         **fields) -> None:
+    """Tell the operator something: as text (on stderr with err or error), or as a log
+    record with CONVEYOR_LOG_FORMAT=json."""
+    if settings.log_format == "json":
+        log.log(logging.ERROR if error else logging.INFO, "%s", text.strip(), extra=fields)
+    else:
+        click.echo(text, err=error or err)
 
 
 def _banner(host, port, models, model, stack, flower, flower_port) -> None:
@@ -121,11 +135,11 @@ def worker(model, concurrency) -> None:
     from workers.main import WorkerStartError, run_worker
 
     settings = _settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format, capture_output=True, model=model)
     try:
         run_worker(settings, model, concurrency=concurrency, loglevel=settings.log_level)
     except WorkerStartError as exc:
-        click.echo(f"conveyor worker: {exc}", err=True)
+        _say(settings, f"conveyor worker: {exc}", error=True)
         sys.exit(2)
 
 
@@ -137,7 +151,7 @@ def webhook_worker(concurrency) -> None:
     from workers.webhooks import run_webhook_worker
 
     settings = _settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format, capture_output=True)
     run_webhook_worker(settings, concurrency=concurrency, loglevel=settings.log_level)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -131,6 +132,11 @@ class Settings(BaseSettings):
         "workers share a machine.",
     )
     log_level: str = Field("INFO", description="Log level of every component.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines as readable text, or one JSON object per line (with job_id and "
+        "model on a job's lines) for log collectors.",
+    )
 
     @field_validator("webhook_secret", mode="before")
     @classmethod

@@ -52,6 +52,8 @@ def gunicorn_command(
         str(TIMEOUT_S),
         "--graceful-timeout",
         str(GRACEFUL_TIMEOUT_S),
+        "--logger-class",  # gunicorn's own lines in CONVEYOR_LOG_FORMAT too
+        "shared.gunicorn_logger.GunicornLogger",
     ]
     if access_log:
         cmd += ["--access-logfile", "-"]

@@ -57,16 +57,17 @@ def build_services(settings: Settings) -> Services:
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app; tests pass their own settings."""
     settings = settings or Settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False
     app.extensions["conveyor"] = build_services(settings)
     register_error_handlers(app)
 
-    from web.api import admin, events, health, jobs, openai, seeds
+    from web.api import admin, events, health, jobs, metrics, openai, seeds
     from web.auth import install_auth
 
+    metrics.install(app)  # before auth, so refused requests are timed and counted too
     install_auth(app, settings)
     for module in (health, jobs, events, admin, openai, seeds):
         app.register_blueprint(module.bp)

@@ -44,7 +44,7 @@ class RequestMetrics:
         if self._flusher_pid != os.getpid():  # first request of this (forked) process
             self._start_flusher()
 
-    def flush(self) -> None:
+    def flush(self, *, last: bool = False) -> None:
         """Add what was counted since the last flush to Redis; keep it if Redis is down."""
         with self._lock:
             batch, self._totals = self._totals, defaultdict(float)
@@ -53,6 +53,9 @@ class RequestMetrics:
         try:
             self.store.add_totals(batch)
         except redis.RedisError as exc:
+            if last:  # the process exits: nothing to keep it for
+                log.info("HTTP metrics of this process lost at exit: %s", exc)
+                return
             log.warning("HTTP metrics not flushed (kept for the next try): %s", exc)
             with self._lock:
                 for key, amount in batch.items():
@@ -64,7 +67,7 @@ class RequestMetrics:
                 return
             self._flusher_pid = os.getpid()
         threading.Thread(target=self._loop, name="conveyor-http-metrics", daemon=True).start()
-        atexit.register(self.flush)
+        atexit.register(self.flush, last=True)
 
     def _loop(self) -> None:
         stop = threading.Event()
