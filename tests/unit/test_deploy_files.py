@@ -343,7 +343,7 @@ def test_every_service_reaches_redis_with_the_password():
     password = read_env_file(ROOT / ".env.example")["REDIS_PASSWORD"]
     url = f"redis://:{password}@redis:6379/0"
     for name, svc in services().items():
-        if name in ("redis", "flower"):
+        if name in ("redis", "flower", *MONITORING):
             continue
         assert svc["environment"]["CONVEYOR_REDIS_URL"] == url, name
         assert svc["depends_on"]["redis"]["condition"] == "service_healthy", name
@@ -382,7 +382,8 @@ def test_the_gpu_worker_reserves_an_nvidia_gpu_only_in_its_profile():
     assert "cu" in gpu["build"]["args"]["TORCH_INDEX_URL"].rsplit("/", 1)[-1]
     spec = load_registry(Settings().registry).get(model_of(gpu))
     assert spec.backend not in ("echo", "llamacpp"), "the GPU example should use torch"
-    others = [svc for name, svc in services().items() if name != "worker-gpu"]
+    others = [svc for name, svc in services().items()
+              if name != "worker-gpu" and name not in MONITORING]
     assert not any("deploy" in svc or "profiles" in svc for svc in others)
 
 
@@ -416,6 +417,99 @@ def test_webhooks_and_flower():
     assert any(str(port).endswith(":5555") for port in services()["flower"]["ports"])
 
 
+# ---------------------------------------------------------------- compose: monitoring
+
+MONITORING = ("prometheus", "grafana")
+MONITORING_DIR = ROOT / "docs" / "monitoring"
+
+
+def mounts_of(service: dict) -> dict[str, str]:
+    """Return a service's bind mounts of the repository, {container path: repo path}."""
+    out = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("./"):
+            out[target] = source
+    return out
+
+
+def dashboard() -> dict:
+    return json.loads((MONITORING_DIR / "grafana" / "dashboards" / "conveyor.json").read_text())
+
+
+def test_monitoring_runs_only_in_its_profile_and_mounts_files_that_exist():
+    for name in MONITORING:
+        svc = services()[name]
+        assert svc["profiles"] == ["monitoring"], name
+        for source in mounts_of(svc).values():
+            assert (ROOT / source).exists(), (name, source)
+    assert mounts_of(services()["prometheus"])["/etc/prometheus/prometheus.yml"] == \
+        "./docs/monitoring/prometheus.yml"
+    grafana = mounts_of(services()["grafana"])
+    assert grafana["/etc/grafana/provisioning"] == "./docs/monitoring/grafana/provisioning"
+    assert grafana["/var/lib/grafana/dashboards"] == "./docs/monitoring/grafana/dashboards"
+    assert "${GRAFANA_PASSWORD:?" in compose_raw()["services"]["grafana"]["environment"][
+        "GF_SECURITY_ADMIN_PASSWORD"]
+
+
+def test_prometheus_scrapes_web_with_the_api_key_file_it_writes():
+    config = yaml.safe_load((MONITORING_DIR / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    (target,) = [t for c in job["static_configs"] for t in c["targets"]]
+    host, port = target.split(":")
+    assert host == "web" and int(port) == 8000  # the port web listens on inside compose
+    assert command_of(services()["web"])[-1] == port
+    key_file = job["authorization"]["credentials_file"]
+    start = " ".join(command_of(services()["prometheus"]) or services()["prometheus"]["entrypoint"])
+    assert f"> {key_file}" in start and "$METRICS_API_KEY" in start
+    assert "--config.file=/etc/prometheus/prometheus.yml" in start
+
+
+def test_grafana_provisions_the_datasource_the_dashboard_uses():
+    provisioning = MONITORING_DIR / "grafana" / "provisioning"
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "conveyor.yml").read_text())[
+        "providers"]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    board = dashboard()
+    datasources = [p["datasource"] for p in board["panels"]]
+    datasources += [t["datasource"] for p in board["panels"] for t in p["targets"]]
+    assert {d["uid"] for d in datasources} == {source["uid"]}
+
+
+def test_every_dashboard_query_names_metrics_the_code_exports():
+    from shared.metrics.collector import EXPOSED
+
+    board = dashboard()
+    titles = {p["title"] for p in board["panels"]}
+    for wanted in ("Queue depth", "Throughput", "latency", "p95", "Tokens per second",
+                   "Memory per worker", "Errors"):
+        assert any(wanted.lower() in t.lower() for t in titles), wanted
+    queries = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    queries += [v["definition"] for v in board["templating"]["list"]]
+    assert all(p["targets"] for p in board["panels"])
+    used = set()
+    for query in queries:
+        names = set(re.findall(r"\bconveyor_[a-z_]+\b", query))
+        assert names, query
+        assert names <= set(EXPOSED), (query, names - set(EXPOSED))
+        used |= names
+    # Every family the code exports is on the dashboard.
+    families = {re.sub(r"_(bucket|sum|count)$", "", n) for n in EXPOSED}
+    shown = {re.sub(r"_(bucket|sum|count)$", "", n) for n in used}
+    assert families - shown == set()
+
+
+def test_the_dashboard_check_catches_an_unknown_metric():
+    from shared.metrics.collector import EXPOSED
+
+    assert "conveyor_job_queue_seconds_bucket" not in EXPOSED  # a plausible typo
+    assert "conveyor_jobs_finished_total" in EXPOSED
+
+
 # ---------------------------------------------------------------- settings
 
 
@@ -445,7 +539,7 @@ def test_every_conveyor_variable_is_a_setting():
 def test_each_container_environment_makes_valid_settings(monkeypatch, commented):
     env = read_env_file(ROOT / ".env.example", commented=commented)
     for name, svc in services().items():
-        if "environment" not in svc or name == "redis":
+        if "environment" not in svc or name in ("redis", *MONITORING):
             continue
         for key in [k for k in os.environ if k.startswith(PREFIX)]:
             monkeypatch.delenv(key)
