@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import textwrap
 
+import diskcache
 import pytest
 
 pytestmark = pytest.mark.timeout(300)
 
-# About 500 tokens of prompt: most of a second or more of evaluation for SmolLM2 on a CPU,
-# against milliseconds to load the evaluated state back from the disk cache.
-PROMPT = "Count these words: " + " ".join(f"w{i}" for i in range(160))
-OTHER = "Sort these words: " + " ".join(f"v{i}" for i in range(160))
+PROMPT = "Count these words: " + " ".join(f"w{i}" for i in range(100))
+OTHER = "Sort these words: " + " ".join(f"v{i}" for i in range(100))
 
 
-def test_disk_prompt_cache_is_hit_within_a_worker_and_across_restarts(
+def test_disk_prompt_cache_is_read_within_a_worker_and_across_restarts(
     tmp_path, make_settings, start_worker, make_app
 ):
+    """Hits are read from the cache itself, not timed (timings on a shared machine are noise).
+
+    llama-cpp-python's disk cache keys each evaluated state by its tokens (prompt plus
+    completion). A lookup that finds a state takes it out of the cache, and the job then
+    stores its own; a state never looked up stays. So the state of a prompt's last run
+    disappears exactly when a later run of that prompt was served from it.
+    """
     cache_dir = tmp_path / "llama-cache"
     registry = tmp_path / "models.yaml"
     registry.write_text(
@@ -33,34 +39,38 @@ def test_disk_prompt_cache_is_hit_within_a_worker_and_across_restarts(
     worker = start_worker(settings, "smollm2-cached")
     client = make_app(settings).test_client()
 
-    def run(prompt: str) -> tuple[dict, float]:
+    def run(prompt: str, max_tokens: int) -> str:
         rec = client.post(
             "/v1/jobs",
             headers={"Prefer": "wait=60"},
             json={
                 "model": "smollm2-cached",
                 "task": "complete",
-                "input": {"prompt": prompt, "max_tokens": 4, "temperature": 0},
+                "input": {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0},
             },
         ).get_json()
         assert rec["status"] == "succeeded", rec
-        return rec, rec["completed_at"] - rec["started_at"]
+        return rec["output"]["text"]
 
-    first, miss_s = run(PROMPT)  # evaluated in full, then saved
-    assert first["metrics"]["prompt_tokens"] > 400
-    assert any(cache_dir.rglob("*")), "the disk cache stayed empty"
-    # Another prompt replaces the first in llama.cpp's context, so only the disk cache can
-    # spare the first one's evaluation now.
-    run(OTHER)
-    again, hit_s = run(PROMPT)
-    assert again["output"] == first["output"]
-    assert hit_s < miss_s / 2, (hit_s, miss_s)
+    def states() -> set[tuple[int, ...]]:
+        with diskcache.Cache(str(cache_dir)) as cache:
+            return set(cache.iterkeys())
+
+    before = states()
+    first = run(PROMPT, 4)
+    (four,) = states() - before  # evaluated in full, then stored
+    run(OTHER, 4)  # replaces PROMPT in llama.cpp's context: only the disk can serve it now
+    assert four in states()
+    before = states()
+    again = run(PROMPT, 2)  # other lengths: each run stores a state of its own
+    after = states()
+    assert four not in after, "the second run of the prompt did not read the disk cache"
+    (two,) = after - before
+    assert first.startswith(again)  # greedy from the stored state: the same answer
 
     worker.stop()  # a fresh process: its context is empty, the cache on disk is not
     start_worker(settings, "smollm2-cached")
-    restarted, restart_s = run(PROMPT)
-    assert restarted["output"] == first["output"]
-    assert restart_s < miss_s / 2, (restart_s, miss_s)
-    # A prompt it never saw is evaluated in full: the fresh worker is not just faster.
-    _, cold_s = run("Reverse these words: " + " ".join(f"u{i}" for i in range(160)))
-    assert cold_s > 2 * restart_s, (cold_s, restart_s)
+    assert two in states()
+    restarted = run(PROMPT, 3)
+    assert two not in states(), "the restarted worker did not read the disk cache"
+    assert first.startswith(restarted)
