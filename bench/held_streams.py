@@ -224,17 +224,30 @@ class Sample:
     connections: int
     commands_per_s: float
     rss_bytes: int
+    top: dict[str, float]  # the busiest commands, calls/s
+
+
+def _calls(client: redis.Redis) -> dict[str, int]:
+    return {
+        name.removeprefix("cmdstat_"): stat["calls"]
+        for name, stat in client.info("commandstats").items()
+    }
 
 
 def sample(client: redis.Redis, pids: list[int], seconds: float) -> Sample:
     """Measure Redis and the web workers' RSS over a quiet window of seconds."""
-    before = client.info("stats")["total_commands_processed"]
+    before = _calls(client)
     t0 = time.monotonic()
     time.sleep(seconds)
-    after = client.info("stats")["total_commands_processed"]
-    rate = (after - before - 1) / (time.monotonic() - t0)  # less our own INFO
+    after = _calls(client)
+    elapsed = time.monotonic() - t0
+    rates = {k: (v - before.get(k, 0)) / elapsed for k, v in after.items()}
+    rates["info"] = max(0.0, rates.get("info", 0.0) - 1 / elapsed)  # less our own INFO
+    top = dict(
+        sorted(((k, round(v, 1)) for k, v in rates.items() if v > 0), key=lambda kv: -kv[1])[:6]
+    )
     rss = sum(psutil.Process(pid).memory_info().rss for pid in pids)
-    return Sample(client.info("clients")["connected_clients"], rate, rss)
+    return Sample(client.info("clients")["connected_clients"], sum(rates.values()), rss, top)
 
 
 def _row(metric: str, unit: str, idle: float, held: float, goal: float | None) -> dict:
@@ -350,6 +363,7 @@ def run(stack, opts: HeldOptions) -> tuple[list[dict], dict]:
             "base": round(base.commands_per_s, 1),
             "held": round(held.commands_per_s, 1),
         },
+        "redis_top_commands_per_s": {"base": base.top, "held": held.top},
         "web_rss_mib": {
             "base": round(base.rss_bytes / 2**20, 1),
             "held": round(held.rss_bytes / 2**20, 1),
