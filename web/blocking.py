@@ -39,8 +39,9 @@ class JobFailedError(ConveyorError):
     def __init__(self, job: JobRecord) -> None:
         error = job.error
         kind = error.type if error else "job_failed"
-        super().__init__(error.message if error else "the job failed",
-                         code=kind, headers=_headers(job))
+        super().__init__(
+            error.message if error else "the job failed", code=kind, headers=_headers(job)
+        )
         self.status_code = _FAILED_STATUS.get(kind, 500)
         self.type = kind if self.status_code == 422 else "job_failed"
         self.job = job
@@ -53,8 +54,11 @@ class JobCanceledError(ConveyorError):
     type = "job_canceled"
 
     def __init__(self, job: JobRecord) -> None:
-        super().__init__(f"job {job.id} was canceled before it finished",
-                         code="job_canceled", headers=_headers(job))
+        super().__init__(
+            f"job {job.id} was canceled before it finished",
+            code="job_canceled",
+            headers=_headers(job),
+        )
         self.job = job
 
 
@@ -65,9 +69,12 @@ class JobWaitTimeout(ConveyorError):
     type = "timeout"
 
     def __init__(self, job: JobRecord, wait_s: float) -> None:
-        super().__init__(f"job {job.id} did not finish within {wait_s:g} s (it was "
-                         f"{job.status.value}); it has been canceled",
-                         code="timeout", headers=_headers(job))
+        super().__init__(
+            f"job {job.id} did not finish within {wait_s:g} s (it was "
+            f"{job.status.value}); it has been canceled",
+            code="timeout",
+            headers=_headers(job),
+        )
         self.job = job
 
 

@@ -66,8 +66,14 @@ class JobService:
     """Everything the HTTP layers do with jobs."""
 
     def __init__(
-        self, settings: Settings, registry: Registry, store: ResultStore,
-        payloads: PayloadStore, dispatcher: Dispatcher, fleet: Fleet, feeds: JobFeeds,
+        self,
+        settings: Settings,
+        registry: Registry,
+        store: ResultStore,
+        payloads: PayloadStore,
+        dispatcher: Dispatcher,
+        fleet: Fleet,
+        feeds: JobFeeds,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -78,8 +84,9 @@ class JobService:
         self.feeds = feeds
         self.webhook_hook = self._check_webhook_target
         # Jobs canceled while queued end here, so their `completed` webhook starts here too.
-        self.notifier = WebhookNotifier(store.r, dispatcher.send_webhook,
-                                        ttl_s=settings.result_ttl_s)
+        self.notifier = WebhookNotifier(
+            store.r, dispatcher.send_webhook, ttl_s=settings.result_ttl_s
+        )
         self.created = int(now())  # OpenAI's model objects carry a creation time
         self._online: dict[str, tuple[float, bool]] = {}
 
@@ -104,13 +111,16 @@ class JobService:
         """
         spec = self.registry.get(req.model)
         if spec is None:
-            raise NotFound(f"model {req.model!r} is not in the registry", param="model",
-                           code="model_not_found")
+            raise NotFound(
+                f"model {req.model!r} is not in the registry", param="model", code="model_not_found"
+            )
         task = req.task or spec.default_task()
         if task not in spec.tasks:
-            raise InvalidInput(f"model {spec.id} does not support task {task!r} "
-                               f"(it supports {spec.tasks})", param="task",
-                               code="unsupported_task")
+            raise InvalidInput(
+                f"model {spec.id} does not support task {task!r} (it supports {spec.tasks})",
+                param="task",
+                code="unsupported_task",
+            )
         webhook = self._webhook(req)
         job_id = new_job_id()
         try:
@@ -120,10 +130,15 @@ class JobService:
             self.payloads.delete(job_id)
             raise
         job = JobRecord(
-            id=job_id, model=spec.id, task=task, created_at=now(),
+            id=job_id,
+            model=spec.id,
+            task=task,
+            created_at=now(),
             input=parsed.model_dump(mode="json", exclude_none=True),
-            priority=req.priority, timeout_s=self._timeout(req.timeout_s, spec),
-            queue_timeout_s=req.queue_timeout_s, webhook=webhook,
+            priority=req.priority,
+            timeout_s=self._timeout(req.timeout_s, spec),
+            queue_timeout_s=req.queue_timeout_s,
+            webhook=webhook,
         )
         if not self._worker_online(spec.id):
             job.notice = NO_WORKER.format(spec.id)
@@ -131,8 +146,11 @@ class JobService:
             self.store.create(job, max_queued=self.settings.max_queued_per_model)
         except QueueFull as exc:
             self.payloads.delete(job.id)
-            raise RateLimited(f"model {spec.id} has {exc.depth} queued jobs, the limit; "
-                              f"retry later", retry_after=5, code="queue_full") from None
+            raise RateLimited(
+                f"model {spec.id} has {exc.depth} queued jobs, the limit; retry later",
+                retry_after=5,
+                code="queue_full",
+            ) from None
         try:
             self.dispatcher.enqueue(job, spec)
         except Exception:
@@ -151,8 +169,9 @@ class JobService:
         if req.webhook_events_filter is not None:
             bad = sorted(set(req.webhook_events_filter) - {"start", "output", "completed"})
             if bad:
-                raise InvalidInput(f"webhook_events_filter: unknown events {bad}",
-                                   param="webhook_events_filter")
+                raise InvalidInput(
+                    f"webhook_events_filter: unknown events {bad}", param="webhook_events_filter"
+                )
             hook.events = req.webhook_events_filter
         if self.webhook_hook:
             self.webhook_hook(hook)
@@ -225,24 +244,26 @@ class JobService:
         out = []
         for spec in self.registry:
             workers = self.fleet.workers(spec.id)
-            out.append({
-                "id": spec.id,
-                "object": "model",
-                "created": self.created,
-                "owned_by": "conveyor",
-                "backend": spec.backend,
-                "tasks": spec.tasks,
-                "description": spec.description,
-                "aliases": spec.aliases,
-                "quantization": spec.quantization,
-                "source": spec.source.describe(),
-                "default": spec.default,
-                "queue": spec.queue,
-                "queue_depth": self.store.queue_depth(spec.id),
-                "workers_online": len(workers),
-                "loaded": any(w.get("loaded") for w in workers),
-                "limits": spec.limits.model_dump(),
-            })
+            out.append(
+                {
+                    "id": spec.id,
+                    "object": "model",
+                    "created": self.created,
+                    "owned_by": "conveyor",
+                    "backend": spec.backend,
+                    "tasks": spec.tasks,
+                    "description": spec.description,
+                    "aliases": spec.aliases,
+                    "quantization": spec.quantization,
+                    "source": spec.source.describe(),
+                    "default": spec.default,
+                    "queue": spec.queue,
+                    "queue_depth": self.store.queue_depth(spec.id),
+                    "workers_online": len(workers),
+                    "loaded": any(w.get("loaded") for w in workers),
+                    "limits": spec.limits.model_dump(),
+                }
+            )
         return out
 
     def model(self, name: str) -> dict[str, Any]:
@@ -252,8 +273,9 @@ class JobService:
         """
         spec = self.registry.get(name)
         if spec is None:
-            raise NotFound(f"model {name!r} is not in the registry", param="model",
-                           code="model_not_found")
+            raise NotFound(
+                f"model {name!r} is not in the registry", param="model", code="model_not_found"
+            )
         return next(m for m in self.models() if m["id"] == spec.id)
 
     def default_model(self, task: str) -> ModelSpec | None:
@@ -275,15 +297,22 @@ class JobService:
         """
         spec = self.registry.get(name)
         if spec is None:
-            raise NotFound(f"model {name!r} is not in the registry", param="model_name",
-                           code="model_not_found")
+            raise NotFound(
+                f"model {name!r} is not in the registry", param="model_name", code="model_not_found"
+            )
         if "chat" not in spec.tasks:
-            raise InvalidInput(f"model {spec.id} does not chat (it supports {spec.tasks})",
-                               param="model_name", code="unsupported_task")
+            raise InvalidInput(
+                f"model {spec.id} does not chat (it supports {spec.tasks})",
+                param="model_name",
+                code="unsupported_task",
+            )
         if not any(w.get("loaded") for w in self.fleet.workers(spec.id)):
-            raise Conflict(f"no worker has model {spec.id} loaded; start one (conveyor worker "
-                           f"--model {spec.id}, or conveyor up --model {spec.id}) and set it "
-                           f"again", code="model_not_loaded")
+            raise Conflict(
+                f"no worker has model {spec.id} loaded; start one (conveyor worker "
+                f"--model {spec.id}, or conveyor up --model {spec.id}) and set it "
+                f"again",
+                code="model_not_loaded",
+            )
         self.store.r.set(CURRENT_CHAT_MODEL_KEY, spec.id)
         log.info("default chat model set to %s", spec.id)
         return spec
@@ -294,6 +323,7 @@ class JobService:
 
     def sweep_payloads(self) -> dict[str, Any]:
         """Delete payloads of ended jobs, and of vanished ones past the grace period, now."""
-        removed = sweep_payloads(self.store, self.payloads,
-                                 grace_s=self.settings.payload_orphan_grace_s)
+        removed = sweep_payloads(
+            self.store, self.payloads, grace_s=self.settings.payload_orphan_grace_s
+        )
         return {"removed_jobs": len(removed), "removed": removed, **self.payloads.usage()}

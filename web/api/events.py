@@ -34,6 +34,10 @@ def events(job_id: str):
     if not _EVENT_ID.match(after):
         raise InvalidInput("Last-Event-ID must look like '<ms>-<seq>'", param="Last-Event-ID")
     frames = job_event_frames(services.jobs, job_id, after, services.settings.sse_heartbeat_s)
-    return services.holds.stream(lambda: Response(
-        stream_with_context(frames), mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}))
+    return services.holds.stream(
+        lambda: Response(
+            stream_with_context(frames),
+            mimetype="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    )

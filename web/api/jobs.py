@@ -72,8 +72,7 @@ def get(job_id: str):
 def index():
     status = request.args.get("status") or None
     if status and status not in {s.value for s in JobStatus}:
-        raise InvalidInput(f"status must be one of {[s.value for s in JobStatus]}",
-                           param="status")
+        raise InvalidInput(f"status must be one of {[s.value for s in JobStatus]}", param="status")
     limit = request.args.get("limit", "20")
     if not limit.isdigit() or not 1 <= int(limit) <= 1000:
         raise InvalidInput("limit must be an integer from 1 to 1000", param="limit")

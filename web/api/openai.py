@@ -72,8 +72,15 @@ def _answer(body, job: JobRecord) -> Response:
 
 
 def _event_stream(frames, job: JobRecord) -> Response:
-    return Response(frames, mimetype="text/event-stream", headers={
-        "Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Conveyor-Job-Id": job.id})
+    return Response(
+        frames,
+        mimetype="text/event-stream",
+        headers={
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            "X-Conveyor-Job-Id": job.id,
+        },
+    )
 
 
 @bp.errorhandler(ConveyorError)
@@ -98,8 +105,12 @@ def chat_completions():
     req = parse_model(ChatCompletionRequest, json_body())
     job_request = req.to_job_request(_default("chat"))
     if req.stream:
-        return _streamed(job_request, lambda jobs, job, beat: chat_stream(
-            jobs, job, include_usage=req.include_usage, heartbeat_s=beat))
+        return _streamed(
+            job_request,
+            lambda jobs, job, beat: chat_stream(
+                jobs, job, include_usage=req.include_usage, heartbeat_s=beat
+            ),
+        )
 
     def answer() -> Response:
         job = _services().jobs.submit(job_request)
@@ -114,8 +125,12 @@ def completions():
     job_request = req.to_job_request(_default("complete"))
     echo = req.text if req.echo else None
     if req.stream:
-        return _streamed(job_request, lambda jobs, job, beat: completion_stream(
-            jobs, job, echo_prompt=echo, include_usage=req.include_usage, heartbeat_s=beat))
+        return _streamed(
+            job_request,
+            lambda jobs, job, beat: completion_stream(
+                jobs, job, echo_prompt=echo, include_usage=req.include_usage, heartbeat_s=beat
+            ),
+        )
 
     def answer() -> Response:
         job = _services().jobs.submit(job_request)
@@ -140,8 +155,9 @@ def create_embeddings():
 def transcriptions():
     if request.mimetype != "multipart/form-data":
         raise UnsupportedMediaType("expected multipart/form-data with the audio in 'file'")
-    fields = {k: (request.form.getlist(k) if k.endswith("[]") else request.form[k])
-              for k in request.form}
+    fields = {
+        k: (request.form.getlist(k) if k.endswith("[]") else request.form[k]) for k in request.form
+    }
     req = parse_model(TranscriptionRequest, fields)
     upload = request.files.get("file")
     job_request = req.to_job_request(upload.read() if upload else None)

@@ -42,9 +42,13 @@ def _spec(name: str | None) -> ModelSpec:
     svc = _services()
     spec = svc.registry.get(name) if name else svc.jobs.default_model("chat")
     if spec is None:
-        raise NotFound(f"model {name!r} is not in the registry" if name else
-                       "no default chat model in the registry", param="model",
-                       code="model_not_found")
+        raise NotFound(
+            f"model {name!r} is not in the registry"
+            if name
+            else "no default chat model in the registry",
+            param="model",
+            code="model_not_found",
+        )
     return spec
 
 
@@ -60,9 +64,15 @@ def health():
     jobs = _services().jobs
     loaded = [m["id"] for m in jobs.models() if m["loaded"]]
     current = jobs.default_model("chat")
-    return jsonify({"status": "healthy", "message": "conveyor is running",
-                    "model_loaded": bool(loaded), "current_model": current and current.id,
-                    "models_loaded": loaded})
+    return jsonify(
+        {
+            "status": "healthy",
+            "message": "conveyor is running",
+            "model_loaded": bool(loaded),
+            "current_model": current and current.id,
+            "models_loaded": loaded,
+        }
+    )
 
 
 @bp.get("/")
@@ -94,8 +104,9 @@ def models_status():
 def emergency_cleanup():
     svc = _services()
     notified = svc.fleet.broadcast("cleanup")
-    return jsonify({"status": "success", "workers_notified": notified,
-                    "temp": svc.jobs.sweep_payloads()})
+    return jsonify(
+        {"status": "success", "workers_notified": notified, "temp": svc.jobs.sweep_payloads()}
+    )
 
 
 @bp.get("/admin/temp_status")

@@ -36,8 +36,7 @@ def openai_error(exc: ConveyorError) -> tuple[dict[str, Any], int]:
         type_ = "invalid_request_error"
     code = exc.code or (exc.type if exc.type != type_ else None)
     param = exc.param.removeprefix("input.") if exc.param else None
-    return {"error": {"message": exc.message, "type": type_, "param": param,
-                      "code": code}}, status
+    return {"error": {"message": exc.message, "type": type_, "param": param, "code": code}}, status
 
 
 def _failure(job: JobRecord) -> ConveyorError:
@@ -49,8 +48,11 @@ def usage(job: JobRecord) -> dict[str, int]:
     """Return OpenAI's usage block from the job's token counts."""
     prompt = job.metrics.prompt_tokens or 0
     completion = job.metrics.completion_tokens or 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def _finish_reason(output: dict[str, Any]) -> str:
@@ -63,17 +65,23 @@ def chat_completion(job: JobRecord) -> dict[str, Any]:
     """Return the chat.completion object of a succeeded chat job."""
     out = job.output or {}
     tool_calls = out.get("tool_calls")
-    message: dict[str, Any] = {"role": "assistant",
-                               "content": out.get("text") or (None if tool_calls else ""),
-                               "refusal": None}
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": out.get("text") or (None if tool_calls else ""),
+        "refusal": None,
+    }
     if tool_calls:
         message["tool_calls"] = tool_calls
     return {
-        "id": f"chatcmpl-{job.id}", "object": "chat.completion",
-        "created": int(job.created_at), "model": job.model,
-        "choices": [{"index": 0, "message": message, "logprobs": None,
-                     "finish_reason": _finish_reason(out)}],
-        "usage": usage(job), "system_fingerprint": None,
+        "id": f"chatcmpl-{job.id}",
+        "object": "chat.completion",
+        "created": int(job.created_at),
+        "model": job.model,
+        "choices": [
+            {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish_reason(out)}
+        ],
+        "usage": usage(job),
+        "system_fingerprint": None,
     }
 
 
@@ -81,23 +89,41 @@ def completion(job: JobRecord, echo_prompt: str | None = None) -> dict[str, Any]
     """Return the text_completion object of a succeeded completion job."""
     out = job.output or {}
     return {
-        "id": f"cmpl-{job.id}", "object": "text_completion",
-        "created": int(job.created_at), "model": job.model,
-        "choices": [{"index": 0, "text": (echo_prompt or "") + out.get("text", ""),
-                     "logprobs": None, "finish_reason": _finish_reason(out)}],
-        "usage": usage(job), "system_fingerprint": None,
+        "id": f"cmpl-{job.id}",
+        "object": "text_completion",
+        "created": int(job.created_at),
+        "model": job.model,
+        "choices": [
+            {
+                "index": 0,
+                "text": (echo_prompt or "") + out.get("text", ""),
+                "logprobs": None,
+                "finish_reason": _finish_reason(out),
+            }
+        ],
+        "usage": usage(job),
+        "system_fingerprint": None,
     }
 
 
 def embeddings(job: JobRecord, encoding_format: str = "float") -> dict[str, Any]:
     """Return the embeddings list; base64 is little-endian float32, as OpenAI sends it."""
     vectors = (job.output or {}).get("embeddings") or []
-    data = [{"object": "embedding", "index": i,
-             "embedding": _b64(v) if encoding_format == "base64" else v}
-            for i, v in enumerate(vectors)]
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": _b64(v) if encoding_format == "base64" else v,
+        }
+        for i, v in enumerate(vectors)
+    ]
     prompt = job.metrics.prompt_tokens or 0
-    return {"object": "list", "data": data, "model": job.model,
-            "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
+    return {
+        "object": "list",
+        "data": data,
+        "model": job.model,
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+    }
 
 
 def _b64(vector: list[float]) -> str:
@@ -111,9 +137,13 @@ def transcription(job: JobRecord, response_format: str, language: str | None) ->
     if response_format == "text":
         return text
     if response_format == "verbose_json":
-        return {"task": "transcribe", "language": out.get("language") or language,
-                "duration": out.get("duration"), "text": text,
-                "segments": out.get("segments") or []}
+        return {
+            "task": "transcribe",
+            "language": out.get("language") or language,
+            "duration": out.get("duration"),
+            "text": text,
+            "segments": out.get("segments") or [],
+        }
     return {"text": text}
 
 
@@ -140,8 +170,9 @@ def _follow(jobs: JobService, job_id: str, heartbeat_s: float) -> Iterator[tuple
     yield "end", jobs.get(job_id)
 
 
-def _stream(jobs: JobService, job: JobRecord, opening: str, frames,
-            heartbeat_s: float) -> Iterator[str]:
+def _stream(
+    jobs: JobService, job: JobRecord, opening: str, frames, heartbeat_s: float
+) -> Iterator[str]:
     """Drive a job's events through frames(kind, value); cancel the job if the client goes."""
     ended = False
     try:
@@ -167,11 +198,17 @@ def _stream(jobs: JobService, job: JobRecord, opening: str, frames,
         yield _data(openai_error(err)[0])
 
 
-def chat_stream(jobs: JobService, job: JobRecord, *, include_usage: bool = False,
-                heartbeat_s: float) -> Iterator[str]:
+def chat_stream(
+    jobs: JobService, job: JobRecord, *, include_usage: bool = False, heartbeat_s: float
+) -> Iterator[str]:
     """Yield chat.completion.chunk frames for a submitted chat job, then [DONE]."""
-    base = {"id": f"chatcmpl-{job.id}", "object": "chat.completion.chunk",
-            "created": int(job.created_at), "model": job.model, "system_fingerprint": None}
+    base = {
+        "id": f"chatcmpl-{job.id}",
+        "object": "chat.completion.chunk",
+        "created": int(job.created_at),
+        "model": job.model,
+        "system_fingerprint": None,
+    }
     extra = {"usage": None} if include_usage else {}
     streamed: list[str] = []
 
@@ -189,21 +226,32 @@ def chat_stream(jobs: JobService, job: JobRecord, *, include_usage: bool = False
         if rest:
             yield chunk({"content": rest})
         if out.get("tool_calls"):
-            yield chunk({"tool_calls": [{"index": i, **call}
-                                        for i, call in enumerate(out["tool_calls"])]})
+            yield chunk(
+                {"tool_calls": [{"index": i, **call} for i, call in enumerate(out["tool_calls"])]}
+            )
         yield chunk({}, _finish_reason(out))
         if include_usage:
             yield _data({**base, "choices": [], "usage": usage(value)})
 
-    yield from _stream(jobs, job, chunk({"role": "assistant", "content": ""}), frames,
-                       heartbeat_s)
+    yield from _stream(jobs, job, chunk({"role": "assistant", "content": ""}), frames, heartbeat_s)
 
 
-def completion_stream(jobs: JobService, job: JobRecord, *, echo_prompt: str | None = None,
-                      include_usage: bool = False, heartbeat_s: float) -> Iterator[str]:
+def completion_stream(
+    jobs: JobService,
+    job: JobRecord,
+    *,
+    echo_prompt: str | None = None,
+    include_usage: bool = False,
+    heartbeat_s: float,
+) -> Iterator[str]:
     """Yield text_completion chunk frames for a submitted completion job, then [DONE]."""
-    base = {"id": f"cmpl-{job.id}", "object": "text_completion", "created": int(job.created_at),
-            "model": job.model, "system_fingerprint": None}
+    base = {
+        "id": f"cmpl-{job.id}",
+        "object": "text_completion",
+        "created": int(job.created_at),
+        "model": job.model,
+        "system_fingerprint": None,
+    }
     extra = {"usage": None} if include_usage else {}
     streamed: list[str] = []
 
@@ -227,4 +275,4 @@ def completion_stream(jobs: JobService, job: JobRecord, *, echo_prompt: str | No
 
 def _unsent(final: str, streamed: str) -> str:
     """Return the part of the final text that no token event carried (non-streaming backends)."""
-    return final[len(streamed):] if final.startswith(streamed) else ""
+    return final[len(streamed) :] if final.startswith(streamed) else ""
