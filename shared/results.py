@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
@@ -410,17 +410,6 @@ class ResultStore:
     def stream_reader(self) -> StreamReader:
         """Return a reader of many jobs' events and ends on a connection of its own."""
         return StreamReader(self)
-
-    def iter_events(self, job_id: str, after: str, *, idle_s: float) -> Iterator[tuple]:
-        """Yield events after an id; yield None after idle_s with nothing new."""
-        while True:
-            events = self.read_events(job_id, after, block_ms=int(idle_s * 1000))
-            if not events:
-                yield None
-                continue
-            for ev in events:
-                after = ev[0]
-                yield ev
 
     # internals
     def _event(self, pipe, job_id: str, event: str, data: dict[str, Any]) -> None:
