@@ -277,7 +277,7 @@ def run(stack, opts: HeldOptions) -> tuple[list[dict], dict]:
     stack.worker("echo", concurrency=opts.jobs, name="worker-echo-held")
     pids = stack.web_worker_pids()
     client = redis.Redis.from_url(stack.settings.redis_url)
-    idle_probes = probe(url, 3.0)
+    idle = probe(url, 3.0)
     job_ids = start_long_jobs(url, opts)
     base = sample(client, pids, opts.quiet_s)
     log.info(
@@ -297,17 +297,47 @@ def run(stack, opts: HeldOptions) -> tuple[list[dict], dict]:
     if measured is None:
         raise RuntimeError("the streams were never all held")
     held, probes = measured
+    errors = [c.error for c in streams + waits if c.error] + probes.failures
+    firsts = [c.first for c in streams if c.first is not None]
+    details = {
+        "streams": opts.streams,
+        "waits": opts.waits,
+        "jobs": opts.jobs,
+        "job_s": opts.job_s,
+        "first_event_p50_s": percentile(firsts, 50) if firsts else None,
+        "first_event_p99_s": percentile(firsts, 99) if firsts else None,
+        "probes": {route: len(v) for route, v in probes.latency.items()},
+        "redis_connections": {"base": base.connections, "held": held.connections},
+        "redis_commands_per_s": {
+            "base": round(base.commands_per_s, 1),
+            "held": round(held.commands_per_s, 1),
+        },
+        "redis_top_commands_per_s": {"base": base.top, "held": held.top},
+        "web_rss_mib": {
+            "base": round(base.rss_bytes / 2**20, 1),
+            "held": round(held.rss_bytes / 2**20, 1),
+        },
+        "errors": errors[:10],
+    }
+    return _rows(opts, streams, waits, errors, (idle, probes), (base, held)), details
+
+
+def _rows(
+    opts: HeldOptions,
+    streams: list[Client],
+    waits: list[Client],
+    errors: list[str],
+    probes: tuple[Probes, Probes],
+    samples: tuple[Sample, Sample],
+) -> list[dict]:
+    """Return the goals' rows and the per-client costs, idle against held."""
+    idle, held_probes = probes
+    base, held = samples
     clients = opts.streams + opts.waits
     firsts = [c.first for c in streams if c.first is not None]
-    errors = [c.error for c in streams + waits if c.error] + probes.failures
+    first_max = max(firsts) if len(firsts) == len(streams) else float("inf")
     rows = [
-        _row(
-            "streams' first event, max",
-            "s",
-            None,
-            max(firsts) if len(firsts) == len(streams) else float("inf"),
-            opts.first_event_s,
-        ),
+        _row("streams' first event, max", "s", None, first_max, opts.first_event_s),
         _row(
             "streams without their terminal event",
             "clients",
@@ -323,11 +353,11 @@ def run(stack, opts: HeldOptions) -> tuple[list[dict], dict]:
             0,
         ),
         _row("errors (clients and probes)", "count", None, len(errors), 0),
-        _row(
-            "/healthz p99", "ms", idle_probes.p99("healthz") * 1e3, probes.p99("healthz") * 1e3, 100
-        ),
-        _row("/readyz p99", "ms", idle_probes.p99("readyz") * 1e3, probes.p99("readyz") * 1e3, 100),
-        _row("submit p99", "ms", idle_probes.p99("submit") * 1e3, probes.p99("submit") * 1e3, 100),
+    ]
+    for route in ("healthz", "readyz", "submit"):
+        name = "submit p99" if route == "submit" else f"/{route} p99"
+        rows.append(_row(name, "ms", idle.p99(route) * 1e3, held_probes.p99(route) * 1e3, 100))
+    return rows + [
         _row(
             "web memory per held client",
             "KiB",
@@ -350,24 +380,3 @@ def run(stack, opts: HeldOptions) -> tuple[list[dict], dict]:
             None,
         ),
     ]
-    details = {
-        "streams": opts.streams,
-        "waits": opts.waits,
-        "jobs": opts.jobs,
-        "job_s": opts.job_s,
-        "first_event_p50_s": percentile(firsts, 50) if firsts else None,
-        "first_event_p99_s": percentile(firsts, 99) if firsts else None,
-        "probes": {route: len(v) for route, v in probes.latency.items()},
-        "redis_connections": {"base": base.connections, "held": held.connections},
-        "redis_commands_per_s": {
-            "base": round(base.commands_per_s, 1),
-            "held": round(held.commands_per_s, 1),
-        },
-        "redis_top_commands_per_s": {"base": base.top, "held": held.top},
-        "web_rss_mib": {
-            "base": round(base.rss_bytes / 2**20, 1),
-            "held": round(held.rss_bytes / 2**20, 1),
-        },
-        "errors": errors[:10],
-    }
-    return rows, details
