@@ -23,6 +23,7 @@ import requests
 
 from shared.config import Settings
 from shared.fleet import Fleet
+from shared.gunicorn_command import gunicorn_command, open_files_needed, raise_open_files_limit
 from shared.redis_server import find_redis_server, free_port, redis_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,24 +263,10 @@ def start_server(tmp_path_factory):
         port = free_port()
         log = tmp_path_factory.mktemp("web-logs") / "web.log"
         env = {**os.environ, **settings_env(settings)}
+        raise_open_files_limit(open_files_needed(settings))
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "web.wsgi:app",
-                    "--bind",
-                    f"127.0.0.1:{port}",
-                    "--workers",
-                    "1",
-                    "--worker-class",
-                    "gthread",
-                    "--threads",
-                    str(threads),
-                    "--timeout",
-                    "120",
-                ],
+                gunicorn_command(settings, f"127.0.0.1:{port}", workers=1, access_log=False),
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
