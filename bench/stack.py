@@ -49,7 +49,7 @@ def write_registry(path: Path, threads: int | None) -> Path:
     """Copy the default registry; with `threads`, pin SmolLM2's n_threads to it."""
     data = yaml.safe_load(DEFAULT_REGISTRY.read_text())
     for entry in data["models"]:
-        if entry["id"] == "smollm2-135m":
+        if entry["id"] == "smollm2-135m" and threads:
             entry.setdefault("options", {})["n_threads"] = threads
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

@@ -91,8 +91,8 @@ class StackConfig:
     web_workers: int = 2
     startup_timeout_s: float = 300.0
     webhook_worker: bool = True
-
     cpu_threads: int | None = None  # CONVEYOR_CPU_THREADS for the workers
+
 
 class Stack:
     """Start the children in order, restart workers that die, stop everything on exit."""
