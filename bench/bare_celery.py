@@ -46,16 +46,29 @@ def round_trip(app: Celery, timeout: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.bare_celery",
-                                     description="Run the baseline no-op Celery worker.")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bare_celery", description="Run the baseline no-op Celery worker."
+    )
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--loglevel", default="INFO")
     args = parser.parse_args(argv)
-    make_bare_app(args.redis_url).worker_main([
-        "worker", "--queues", QUEUE, "--concurrency", "1", "--pool", "prefork",
-        "--hostname", "bench-bare@%h", "--loglevel", args.loglevel,
-        "--without-gossip", "--without-mingle",
-    ])
+    make_bare_app(args.redis_url).worker_main(
+        [
+            "worker",
+            "--queues",
+            QUEUE,
+            "--concurrency",
+            "1",
+            "--pool",
+            "prefork",
+            "--hostname",
+            "bench-bare@%h",
+            "--loglevel",
+            args.loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,14 @@ class Generated:
 
 def sampling(max_tokens: int) -> dict:
     """Return the sampling fields both sides use, spelled out so no default differs."""
-    return {"max_tokens": max_tokens, "temperature": 0.8, "top_p": 0.95, "top_k": 40,
-            "seed": 1234, "repeat_penalty": 1.1}
+    return {
+        "max_tokens": max_tokens,
+        "temperature": 0.8,
+        "top_p": 0.95,
+        "top_k": 40,
+        "seed": 1234,
+        "repeat_penalty": 1.1,
+    }
 
 
 class ConveyorChat:
@@ -64,21 +70,26 @@ class ConveyorChat:
 
     def __init__(self, base_url: str, max_tokens: int) -> None:
         self.url = base_url + "/v1/jobs"
-        self.body = {"model": MODEL, "task": "chat",
-                     "input": {"messages": MESSAGES, **sampling(max_tokens)}}
+        self.body = {
+            "model": MODEL,
+            "task": "chat",
+            "input": {"messages": MESSAGES, **sampling(max_tokens)},
+        }
         self.session = requests.Session()
 
     def __call__(self) -> Generated:
         t0 = time.perf_counter()
-        resp = self.session.post(self.url, json=self.body, headers={"Prefer": "wait=60"},
-                                 timeout=90)
+        resp = self.session.post(
+            self.url, json=self.body, headers={"Prefer": "wait=60"}, timeout=90
+        )
         wall = time.perf_counter() - t0
         job = resp.json()
         if resp.status_code != 200 or job.get("status") != "succeeded":
             raise RuntimeError(f"chat job answered {resp.status_code}: {job}")
         metrics = job["metrics"]
-        return Generated(wall, metrics["completion_tokens"], job["output"]["text"],
-                         metrics["tokens_per_second"])
+        return Generated(
+            wall, metrics["completion_tokens"], job["output"]["text"], metrics["tokens_per_second"]
+        )
 
 
 class BareChat:
@@ -94,11 +105,17 @@ class BareChat:
         if not self.stream:
             resp = self.llm.create_chat_completion(messages=MESSAGES, stop=None, **self.params)
             wall = time.perf_counter() - t0
-            return Generated(wall, resp["usage"]["completion_tokens"],
-                             resp["choices"][0]["message"]["content"] or "")
-        parts = [chunk["choices"][0]["delta"].get("content") for chunk in
-                 self.llm.create_chat_completion(messages=MESSAGES, stop=None, stream=True,
-                                                 **self.params)]
+            return Generated(
+                wall,
+                resp["usage"]["completion_tokens"],
+                resp["choices"][0]["message"]["content"] or "",
+            )
+        parts = [
+            chunk["choices"][0]["delta"].get("content")
+            for chunk in self.llm.create_chat_completion(
+                messages=MESSAGES, stop=None, stream=True, **self.params
+            )
+        ]
         wall = time.perf_counter() - t0
         parts = [p for p in parts if p]  # counted as the worker counts: non-empty deltas
         return Generated(wall, len(parts), "".join(parts))
@@ -110,9 +127,15 @@ def load_bare(stack: Stack, threads: int):
 
     spec = load_registry(stack.settings.registry).get(MODEL)
     opts = spec.options
-    return Llama(model_path=str(resolve_source(spec)), n_ctx=int(opts.get("n_ctx") or 2048),
-                 n_threads=threads, n_threads_batch=threads,
-                 n_batch=int(opts.get("n_batch") or 512), seed=0xFFFFFFFF, verbose=False)
+    return Llama(
+        model_path=str(resolve_source(spec)),
+        n_ctx=int(opts.get("n_ctx") or 2048),
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_batch=int(opts.get("n_batch") or 512),
+        seed=0xFFFFFFFF,
+        verbose=False,
+    )
 
 
 def best_threads(stack: Stack, max_tokens: int) -> tuple[int, dict[int, float]]:
@@ -146,45 +169,83 @@ def run(stack: Stack, opts: GenerationOptions) -> tuple[list[Row], dict]:
         log.info("generation: bare llama-cpp-python tokens/s by n_threads %s", probe)
     llm = load_bare(stack, threads)
     try:
-        sides = {"conveyor": conveyor, "bare": BareChat(llm, opts.max_tokens, stream=False),
-                 "bare_stream": BareChat(llm, opts.max_tokens, stream=True)}
+        sides = {
+            "conveyor": conveyor,
+            "bare": BareChat(llm, opts.max_tokens, stream=False),
+            "bare_stream": BareChat(llm, opts.max_tokens, stream=True),
+        }
         log.info("generation: warm-up")
         alternate_sequential(sides, opts.warmup)
-        log.info("generation: %s alternated requests per side, max_tokens %s, bare n_threads %s",
-                 opts.rounds, opts.max_tokens, threads)
+        log.info(
+            "generation: %s alternated requests per side, max_tokens %s, bare n_threads %s",
+            opts.rounds,
+            opts.max_tokens,
+            threads,
+        )
         res = alternate_sequential(sides, opts.rounds)
     finally:
         llm.close()
     for name, samples in res.items():
         if samples.errors:
-            raise RuntimeError(f"generation: {len(samples.errors)} {name} requests failed: "
-                               f"{samples.errors[:3]}")
+            raise RuntimeError(
+                f"generation: {len(samples.errors)} {name} requests failed: {samples.errors[:3]}"
+            )
     conv: list[Generated] = res["conveyor"].results
     bare: list[Generated] = res["bare"].results
     stream: list[Generated] = res["bare_stream"].results
     e2e, worker = [g.tps for g in conv], [g.worker_tps or 0.0 for g in conv]
     rows = [
-        Row("tokens/s end to end (HTTP, Prefer: wait)", "tok/s", median(e2e),
-            median([g.tps for g in bare]), GOAL, paired_ratio(e2e, [g.tps for g in bare])),
-        Row("tokens/s worker-side (metrics)", "tok/s", median(worker),
-            median([g.tps for g in bare]), GOAL, paired_ratio(worker, [g.tps for g in bare])),
-        Row("tokens/s end to end vs bare streamed", "tok/s", median(e2e),
-            median([g.tps for g in stream]), None,
-            paired_ratio(e2e, [g.tps for g in stream])),
-        Row("request wall time p50", "s", median([g.wall_s for g in conv]),
-            median([g.wall_s for g in bare]), None,
-            paired_ratio([g.wall_s for g in conv], [g.wall_s for g in bare])),
-        Row("completion tokens p50", "tokens", median([g.completion_tokens for g in conv]),
-            median([g.completion_tokens for g in bare])),
+        Row(
+            "tokens/s end to end (HTTP, Prefer: wait)",
+            "tok/s",
+            median(e2e),
+            median([g.tps for g in bare]),
+            GOAL,
+            paired_ratio(e2e, [g.tps for g in bare]),
+        ),
+        Row(
+            "tokens/s worker-side (metrics)",
+            "tok/s",
+            median(worker),
+            median([g.tps for g in bare]),
+            GOAL,
+            paired_ratio(worker, [g.tps for g in bare]),
+        ),
+        Row(
+            "tokens/s end to end vs bare streamed",
+            "tok/s",
+            median(e2e),
+            median([g.tps for g in stream]),
+            None,
+            paired_ratio(e2e, [g.tps for g in stream]),
+        ),
+        Row(
+            "request wall time p50",
+            "s",
+            median([g.wall_s for g in conv]),
+            median([g.wall_s for g in bare]),
+            None,
+            paired_ratio([g.wall_s for g in conv], [g.wall_s for g in bare]),
+        ),
+        Row(
+            "completion tokens p50",
+            "tokens",
+            median([g.completion_tokens for g in conv]),
+            median([g.completion_tokens for g in bare]),
+        ),
     ]
     details = {
-        "rounds": opts.rounds, "max_tokens": opts.max_tokens,
-        "worker_n_threads": stack.threads or "registry default", "bare_n_threads": threads,
+        "rounds": opts.rounds,
+        "max_tokens": opts.max_tokens,
+        "worker_n_threads": stack.threads or "registry default",
+        "bare_n_threads": threads,
         "bare_tokens_per_s_by_threads": probe,
         "same_text_as_bare": sum(c.text == b.text for c, b in zip(conv, bare, strict=True)),
-        "tokens_per_s": {"conveyor_e2e": [round(t, 2) for t in e2e],
-                         "conveyor_worker": worker,
-                         "bare": [round(g.tps, 2) for g in bare],
-                         "bare_stream": [round(g.tps, 2) for g in stream]},
+        "tokens_per_s": {
+            "conveyor_e2e": [round(t, 2) for t in e2e],
+            "conveyor_worker": worker,
+            "bare": [round(g.tps, 2) for g in bare],
+            "bare_stream": [round(g.tps, 2) for g in stream],
+        },
     }
     return rows, details

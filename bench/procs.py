@@ -35,16 +35,22 @@ def _die_with_parent() -> None:
 class Child:
     """One started process (and whatever it forks), its log, and how to stop it."""
 
-    def __init__(self, name: str, cmd: list[str], log_path: Path, *, env: dict[str, str],
-                 cwd: Path) -> None:
+    def __init__(
+        self, name: str, cmd: list[str], log_path: Path, *, env: dict[str, str], cwd: Path
+    ) -> None:
         self.name = name
         self.log_path = log_path
         with open(log_path, "wb") as out:
             # Own session: a terminal's Ctrl-C reaches only the benchmark, which then stops
             # its children in order instead of every process racing its own shutdown.
             self.proc = subprocess.Popen(
-                cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                cmd,
+                env=env,
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
                 preexec_fn=_die_with_parent if os.name == "posix" else None,
             )
         log.info("started %s (pid %s)", name, self.proc.pid)
@@ -89,8 +95,14 @@ class Child:
             self.proc.wait(5)
 
 
-def wait_until(predicate: Callable[[], object], *, timeout: float, what: str,
-               child: Child | None = None, interval: float = 0.1):
+def wait_until(
+    predicate: Callable[[], object],
+    *,
+    timeout: float,
+    what: str,
+    child: Child | None = None,
+    interval: float = 0.1,
+):
     """Poll predicate until it is truthy and return its value.
 
     :raises StartFailed: when the timeout passes or the child exits first.
@@ -98,8 +110,10 @@ def wait_until(predicate: Callable[[], object], *, timeout: float, what: str,
     deadline = time.monotonic() + timeout
     while True:
         if child is not None and not child.alive():
-            raise StartFailed(f"{child.name} exited with {child.proc.returncode} while waiting "
-                              f"for {what}:\n{child.tail()}")
+            raise StartFailed(
+                f"{child.name} exited with {child.proc.returncode} while waiting "
+                f"for {what}:\n{child.tail()}"
+            )
         value = predicate()
         if value:
             return value

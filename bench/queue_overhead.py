@@ -47,8 +47,12 @@ class EchoClient:
         session = getattr(self.local, "session", None)
         if session is None:
             session = self.local.session = requests.Session()
-        resp = session.post(self.url, json={"model": "echo", "input": {"ping": 1}},
-                            headers={"Prefer": f"wait={WAIT_S}"}, timeout=WAIT_S + 10)
+        resp = session.post(
+            self.url,
+            json={"model": "echo", "input": {"ping": 1}},
+            headers={"Prefer": f"wait={WAIT_S}"},
+            timeout=WAIT_S + 10,
+        )
         job = resp.json()
         if resp.status_code != 200 or job.get("status") != "succeeded":
             raise RuntimeError(f"echo job answered {resp.status_code}: {job}")
@@ -69,32 +73,56 @@ def run(stack: Stack, opts: QueueOptions) -> tuple[list[Row], dict]:
     with ClientPool(opts.clients) as pool:
         for call in sides.values():  # open every client's connections before timing
             pool.block(call, opts.clients * 2, Samples(), deadline_s=60)
-        log.info("queue: %s x %s jobs per side with %s clients", opts.blocks, opts.jobs,
-                 opts.clients)
+        log.info(
+            "queue: %s x %s jobs per side with %s clients", opts.blocks, opts.jobs, opts.clients
+        )
         loaded = pool.alternate_blocks(sides, opts.jobs, opts.blocks, deadline_s=120)
 
     for phase in (single, loaded):
         for name, samples in phase.items():
             if not samples.latencies:
                 raise RuntimeError(f"queue: every {name} call failed: {samples.errors[:3]}")
-    errors = {f"{phase} {name}": s.errors[:5] for phase, res in
-              (("one client", single), ("loaded", loaded)) for name, s in res.items()
-              if s.errors}
+    errors = {
+        f"{phase} {name}": s.errors[:5]
+        for phase, res in (("one client", single), ("loaded", loaded))
+        for name, s in res.items()
+        if s.errors
+    }
     one = {name: Summary.of(s.latencies) for name, s in single.items()}
     many = {name: Summary.of(s.latencies) for name, s in loaded.items()}
     rows = [
-        Row("latency p50, 1 client", "ms", one["conveyor"].p50 * 1e3, one["bare"].p50 * 1e3,
-            LATENCY_GOAL),
+        Row(
+            "latency p50, 1 client",
+            "ms",
+            one["conveyor"].p50 * 1e3,
+            one["bare"].p50 * 1e3,
+            LATENCY_GOAL,
+        ),
         Row("latency p95, 1 client", "ms", one["conveyor"].p95 * 1e3, one["bare"].p95 * 1e3),
-        Row(f"throughput, {opts.clients} clients", "jobs/s", loaded["conveyor"].throughput,
-            loaded["bare"].throughput, THROUGHPUT_GOAL),
-        Row(f"latency p50, {opts.clients} clients", "ms", many["conveyor"].p50 * 1e3,
-            many["bare"].p50 * 1e3),
-        Row(f"latency p95, {opts.clients} clients", "ms", many["conveyor"].p95 * 1e3,
-            many["bare"].p95 * 1e3),
+        Row(
+            f"throughput, {opts.clients} clients",
+            "jobs/s",
+            loaded["conveyor"].throughput,
+            loaded["bare"].throughput,
+            THROUGHPUT_GOAL,
+        ),
+        Row(
+            f"latency p50, {opts.clients} clients",
+            "ms",
+            many["conveyor"].p50 * 1e3,
+            many["bare"].p50 * 1e3,
+        ),
+        Row(
+            f"latency p95, {opts.clients} clients",
+            "ms",
+            many["conveyor"].p95 * 1e3,
+            many["bare"].p95 * 1e3,
+        ),
     ]
     details = {
-        "rounds": opts.rounds, "clients": opts.clients, "jobs_per_block": opts.jobs,
+        "rounds": opts.rounds,
+        "clients": opts.clients,
+        "jobs_per_block": opts.jobs,
         "blocks_per_side": opts.blocks,
         "jobs": {name: single[name].jobs + loaded[name].jobs for name in sides},
         "errors": errors,

@@ -24,14 +24,20 @@ def _num(value: float) -> str:
 
 def table(title: str, rows: list[Row]) -> str:
     """Return rows as a Markdown table: conveyor, baseline, ratio, goal."""
-    lines = [f"### {title}", "",
-             "| metric | conveyor | baseline | ratio | goal |",
-             "| --- | ---: | ---: | ---: | --- |"]
+    lines = [
+        f"### {title}",
+        "",
+        "| metric | conveyor | baseline | ratio | goal |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
     for row in rows:
-        goal = "" if row.goal is None else (
-            f"{row.goal.describe()} {'met' if row.met else 'MISSED'}")
-        lines.append(f"| {row.metric} ({row.unit}) | {_num(row.conveyor)} | "
-                     f"{_num(row.baseline)} | {row.ratio:.3f}x | {goal} |")
+        goal = (
+            "" if row.goal is None else (f"{row.goal.describe()} {'met' if row.met else 'MISSED'}")
+        )
+        lines.append(
+            f"| {row.metric} ({row.unit}) | {_num(row.conveyor)} | "
+            f"{_num(row.baseline)} | {row.ratio:.3f}x | {goal} |"
+        )
     return "\n".join(lines)
 
 
@@ -40,8 +46,7 @@ def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f
-                       if line.startswith("model name"))
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     versions = {}
@@ -54,14 +59,18 @@ def machine() -> dict:
     redis_server = None
     if binary:
         try:
-            out = subprocess.run([binary, "--version"], capture_output=True, text=True,
-                                 timeout=10).stdout
+            out = subprocess.run(
+                [binary, "--version"], capture_output=True, text=True, timeout=10
+            ).stdout
             redis_server = out.split()[2].removeprefix("v=")
         except (OSError, IndexError, subprocess.TimeoutExpired):
             pass
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "redis_server": redis_server,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "redis_server": redis_server,
         "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
-        "python": platform.python_version(), "platform": platform.platform(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
         "packages": versions,
     }

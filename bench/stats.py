@@ -60,8 +60,9 @@ class Summary:
     @classmethod
     def of(cls, values: Sequence[float]) -> Summary:
         """Summarize samples. :raises ValueError: for no samples."""
-        return cls(len(values), percentile(values, 50), percentile(values, 95),
-                   sum(values) / len(values))
+        return cls(
+            len(values), percentile(values, 50), percentile(values, 95), sum(values) / len(values)
+        )
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,11 @@ class Row:
 
     def as_dict(self) -> dict:
         return {
-            "metric": self.metric, "unit": self.unit, "conveyor": self.conveyor,
-            "baseline": self.baseline, "ratio": self.ratio,
-            "goal": self.goal.describe() if self.goal else None, "met": self.met,
+            "metric": self.metric,
+            "unit": self.unit,
+            "conveyor": self.conveyor,
+            "baseline": self.baseline,
+            "ratio": self.ratio,
+            "goal": self.goal.describe() if self.goal else None,
+            "met": self.met,
         }

@@ -86,8 +86,12 @@ def broker_keys(queue: str) -> list[str]:
 
 
 def enqueue_job(
-    app: Celery, settings: Settings, spec: ModelSpec, job_id: str,
-    priority: Priority, timeout_s: float | None,
+    app: Celery,
+    settings: Settings,
+    spec: ModelSpec,
+    job_id: str,
+    priority: Priority,
+    timeout_s: float | None,
 ) -> None:
     """Send the run_job message for a job to its model's queue (ids only, never payloads)."""
     soft, hard = job_time_limits(spec, settings, timeout_s)
@@ -101,8 +105,8 @@ def enqueue_job(
     )
 
 
-def enqueue_webhook(app: Celery, msg_id: str, attempt: int = 1,
-                    countdown: float | None = None) -> None:
+def enqueue_webhook(
+    app: Celery, msg_id: str, attempt: int = 1, countdown: float | None = None
+) -> None:
     """Send one webhook delivery attempt to the webhooks queue (the event's id only)."""
-    app.send_task(DELIVER_WEBHOOK, args=[msg_id, attempt], queue=WEBHOOK_QUEUE,
-                  countdown=countdown)
+    app.send_task(DELIVER_WEBHOOK, args=[msg_id, attempt], queue=WEBHOOK_QUEUE, countdown=countdown)

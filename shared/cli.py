@@ -40,14 +40,22 @@ def main() -> None:
 @click.option("--model", "models", multiple=True, help="Model id to serve (repeatable).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Where payloads, logs and the embedded Redis live [default: ./data].")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where payloads, logs and the embedded Redis live [default: ./data].",
+)
 @click.option("--redis-url", default=None, help="Use this Redis instead of starting one.")
 @click.option("--flower", is_flag=True, help="Also start the Flower dashboard.")
 @click.option("--flower-port", default=5555, show_default=True, type=int)
-@click.option("--threads", type=click.IntRange(1, 1024), default=None,
-              help="CPU threads per llama.cpp worker [default: the physical cores; "
-              "CONVEYOR_CPU_THREADS]. Lower it when several models share the machine.")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="CPU threads per llama.cpp worker [default: the physical cores; "
+    "CONVEYOR_CPU_THREADS]. Lower it when several models share the machine.",
+)
 def up(models, host, port, data_dir, redis_url, flower, flower_port, threads) -> None:
     """Run the whole stack on this machine: Redis, web, workers (and Flower)."""
     from shared.registry import load_registry
@@ -59,11 +67,19 @@ def up(models, host, port, data_dir, redis_url, flower, flower_port, threads) ->
     models = list(models) or [registry.default_for("chat").id]
     unknown = [m for m in models if m not in registry]
     if unknown:
-        raise click.ClickException(f"unknown model(s) {unknown}; known: "
-                                   f"{[s.id for s in registry]}")
-    stack = Stack(StackConfig(models=models, host=host, port=port, data_dir=settings.data_dir,
-                              redis_url=redis_url, flower=flower, flower_port=flower_port,
-                              cpu_threads=threads))
+        raise click.ClickException(f"unknown model(s) {unknown}; known: {[s.id for s in registry]}")
+    stack = Stack(
+        StackConfig(
+            models=models,
+            host=host,
+            port=port,
+            data_dir=settings.data_dir,
+            redis_url=redis_url,
+            flower=flower,
+            flower_port=flower_port,
+            cpu_threads=threads,
+        )
+    )
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stack.request_stop())
@@ -71,8 +87,14 @@ def up(models, host, port, data_dir, redis_url, flower, flower_port, threads) ->
         stack.start()
         chat = next((m for m in models if "chat" in registry.get(m).tasks), None)
         if settings.log_format == "json":
-            _say(settings, "conveyor is up", url=f"http://{host}:{port}", models=models,
-                 redis=stack.redis_url, logs=str(stack.logs))
+            _say(
+                settings,
+                "conveyor is up",
+                url=f"http://{host}:{port}",
+                models=models,
+                redis=stack.redis_url,
+                logs=str(stack.logs),
+            )
         else:
             _banner(host, port, models, chat or models[0], stack, flower, flower_port)
         stack.supervise()
@@ -86,8 +108,9 @@ def up(models, host, port, data_dir, redis_url, flower, flower_port, threads) ->
     stack.stop()
 
 
-def _say(settings: Settings, text: str, *, error: bool = False, err: bool = False,
-         **fields) -> None:
+def _say(
+    settings: Settings, text: str, *, error: bool = False, err: bool = False, **fields
+) -> None:
     """Tell the operator something: as text (on stderr with err or error), or as a log
     record with CONVEYOR_LOG_FORMAT=json."""
     if settings.log_format == "json":
@@ -98,23 +121,31 @@ def _say(settings: Settings, text: str, *, error: bool = False, err: bool = Fals
 
 def _banner(host, port, models, model, stack, flower, flower_port) -> None:
     base = f"http://{host}:{port}"
-    click.echo(f"""
-conveyor is up at {base}   (models: {', '.join(models)}; redis: {stack.redis_url})
+    click.echo(
+        f"""
+conveyor is up at {base}   (models: {", ".join(models)}; redis: {stack.redis_url})
 logs: {stack.logs}
-{f'flower: http://{host}:{flower_port}' if flower else ''}
+{f"flower: http://{host}:{flower_port}" if flower else ""}
 try it:
   curl -s {base}/v1/jobs -H 'Content-Type: application/json' -H 'Prefer: wait=30' \\
     -d '{{"model": "{model}", "input": {{"prompt": "What is the capital of France?"}}}}'
 
 Ctrl-C stops everything.
-""", err=False)
+""",
+        err=False,
+    )
 
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", default=2, show_default=True, type=int,
-              help="gunicorn processes; each holds up to CONVEYOR_MAX_HELD_REQUESTS streams.")
+@click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    type=int,
+    help="gunicorn processes; each holds up to CONVEYOR_MAX_HELD_REQUESTS streams.",
+)
 def web(host, port, workers) -> None:
     """Serve the HTTP API with gunicorn (what the web container runs)."""
     import os
@@ -128,8 +159,13 @@ def web(host, port, workers) -> None:
 
 @main.command()
 @click.option("--model", required=True, help="The one model this worker serves.")
-@click.option("--concurrency", default=1, show_default=True, type=int,
-              help="Pool processes; each loads its own copy of the model.")
+@click.option(
+    "--concurrency",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Pool processes; each loads its own copy of the model.",
+)
 def worker(model, concurrency) -> None:
     """Run a Celery worker that consumes only model.<ID>."""
     from workers.main import WorkerStartError, run_worker
@@ -144,8 +180,13 @@ def worker(model, concurrency) -> None:
 
 
 @main.command("webhook-worker")
-@click.option("--concurrency", default=8, show_default=True, type=int,
-              help="Deliveries in flight at once (threads; each request has a timeout).")
+@click.option(
+    "--concurrency",
+    default=8,
+    show_default=True,
+    type=int,
+    help="Deliveries in flight at once (threads; each request has a timeout).",
+)
 def webhook_worker(concurrency) -> None:
     """Run the light worker that delivers signed webhooks from the `webhooks` queue."""
     from workers.webhooks import run_webhook_worker
@@ -183,8 +224,10 @@ def models_list(url=None, api_key=None, as_json=False) -> None:
         return
     for spec in specs:
         mark = "*" if spec.default else " "
-        click.echo(f"{mark} {spec.id:<24} {spec.backend:<22} {','.join(spec.tasks):<18} "
-                   f"{spec.source.describe()}")
+        click.echo(
+            f"{mark} {spec.id:<24} {spec.backend:<22} {','.join(spec.tasks):<18} "
+            f"{spec.source.describe()}"
+        )
 
 
 @models.command("pull")

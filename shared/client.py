@@ -48,8 +48,9 @@ class APIConnectionError(ConveyorClientError):
 class APIError(ConveyorClientError):
     """The server answered with an error envelope {"error": {type, message, param, code}}."""
 
-    def __init__(self, status_code: int, envelope: dict[str, Any],
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status_code: int, envelope: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
         err = envelope.get("error") if isinstance(envelope.get("error"), dict) else {}
         self.status_code = status_code
         self.envelope = envelope
@@ -102,11 +103,22 @@ class InternalServerError(APIError):
     """5xx other than 503."""
 
 
-_BROKEN = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-           APIConnectionError)
-_BY_STATUS = {400: BadRequestError, 401: AuthenticationError, 404: NotFoundError,
-              413: PayloadTooLargeError, 415: UnsupportedMediaTypeError,
-              422: InvalidInputError, 429: RateLimitError, 503: ServiceUnavailableError}
+_BROKEN = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    APIConnectionError,
+)
+_BY_STATUS = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    404: NotFoundError,
+    413: PayloadTooLargeError,
+    415: UnsupportedMediaTypeError,
+    422: InvalidInputError,
+    429: RateLimitError,
+    503: ServiceUnavailableError,
+}
 
 
 class JobOutcomeError(ConveyorClientError):
@@ -149,8 +161,14 @@ class Event(NamedTuple):
 class Client:
     """Talk to one conveyor server; every request has a timeout."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None,
-                 *, timeout: float = 30.0, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        session: requests.Session | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.session = session or requests.Session()
@@ -168,11 +186,18 @@ class Client:
         self.session.close()
 
     # jobs
-    def submit(self, model: str, input: dict[str, Any] | None = None, *,
-               task: str | None = None, priority: str | None = None,
-               timeout_s: float | None = None, webhook: str | None = None,
-               webhook_events_filter: list[str] | None = None,
-               wait: float | None = None) -> Job:
+    def submit(
+        self,
+        model: str,
+        input: dict[str, Any] | None = None,
+        *,
+        task: str | None = None,
+        priority: str | None = None,
+        timeout_s: float | None = None,
+        webhook: str | None = None,
+        webhook_events_filter: list[str] | None = None,
+        wait: float | None = None,
+    ) -> Job:
         """Queue a job. Media fields (image, images, audio, video) may hold bytes, a Path or
         an open binary file: they are sent as file parts; strings are sent as they are
         (base64 or a data: URL). `wait` (≤ 60 s) holds the request until the job ends.
@@ -188,18 +213,25 @@ class Client:
                 files.extend((key, (key, _read(v))) for v in value)
             else:
                 body["input"][key] = value
-        extras = {"task": task, "priority": priority, "timeout_s": timeout_s,
-                  "webhook": webhook, "webhook_events_filter": webhook_events_filter}
+        extras = {
+            "task": task,
+            "priority": priority,
+            "timeout_s": timeout_s,
+            "webhook": webhook,
+            "webhook_events_filter": webhook_events_filter,
+        }
         body.update({k: v for k, v in extras.items() if v is not None})
         headers = {"Prefer": f"wait={min(math.ceil(wait), MAX_SERVER_WAIT_S)}"} if wait else {}
         read_s = self.timeout + (min(wait, MAX_SERVER_WAIT_S) if wait else 0)
         if files:
             parts = [("request", (None, json.dumps(body), "application/json")), *files]
-            resp = self._request("POST", "/v1/jobs", files=parts, headers=headers,
-                                 timeout=read_s, retry=False)
+            resp = self._request(
+                "POST", "/v1/jobs", files=parts, headers=headers, timeout=read_s, retry=False
+            )
         else:
-            resp = self._request("POST", "/v1/jobs", json=body, headers=headers,
-                                 timeout=read_s, retry=False)
+            resp = self._request(
+                "POST", "/v1/jobs", json=body, headers=headers, timeout=read_s, retry=False
+            )
         return Job.model_validate(resp.json())
 
     def get(self, job_id: str) -> Job:
@@ -215,21 +247,33 @@ class Client:
         while True:
             left = MAX_SERVER_WAIT_S if deadline is None else deadline - time.monotonic()
             hold = max(1, min(MAX_SERVER_WAIT_S, math.ceil(left)))
-            job = Job.model_validate(self._request(
-                "GET", f"/v1/jobs/{job_id}", headers={"Prefer": f"wait={hold}"},
-                timeout=self.timeout + hold).json())
+            job = Job.model_validate(
+                self._request(
+                    "GET",
+                    f"/v1/jobs/{job_id}",
+                    headers={"Prefer": f"wait={hold}"},
+                    timeout=self.timeout + hold,
+                ).json()
+            )
             if job.status.is_terminal():
                 return job
             if deadline is not None and time.monotonic() >= deadline:
-                raise JobTimeoutError(f"job {job_id} still {job.status.value} after "
-                                      f"{timeout:g} s", job)
+                raise JobTimeoutError(
+                    f"job {job_id} still {job.status.value} after {timeout:g} s", job
+                )
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: at once when queued, at its next step when running."""
         return Job.model_validate(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
 
-    def run(self, model: str, input: dict[str, Any] | None = None, *,
-            timeout: float | None = None, **submit_args: Any) -> Job:
+    def run(
+        self,
+        model: str,
+        input: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        **submit_args: Any,
+    ) -> Job:
         """Submit a job and wait for it; return it when it succeeded.
 
         :raises JobFailedError, JobCanceledError, JobTimeoutError: when it did not.
@@ -237,8 +281,9 @@ class Client:
         job = self.submit(model, input, **submit_args)
         return raise_for_outcome(self.wait(job.id, timeout))
 
-    def list(self, *, status: str | None = None, model: str | None = None,
-             limit: int = 20) -> list[Job]:
+    def list(
+        self, *, status: str | None = None, model: str | None = None, limit: int = 20
+    ) -> list[Job]:
         """Return recent jobs, newest first."""
         params = {k: v for k, v in (("status", status), ("model", model)) if v}
         data = self._request("GET", "/v1/jobs", params={**params, "limit": limit}).json()
@@ -248,8 +293,9 @@ class Client:
         """Return the registry's models with live facts (queue depth, workers, loaded)."""
         return self._request("GET", "/v1/models").json()["data"]
 
-    def events(self, job_id: str, *, last_event_id: str | None = None,
-               reconnects: int = 5) -> Iterator[Event]:
+    def events(
+        self, job_id: str, *, last_event_id: str | None = None, reconnects: int = 5
+    ) -> Iterator[Event]:
         """Yield the job's events (replayed from the start, or after last_event_id) until
         its terminal status event; reconnects with Last-Event-ID when the stream breaks.
         """
@@ -259,8 +305,13 @@ class Client:
             if last_event_id:
                 headers["Last-Event-ID"] = last_event_id
             try:
-                resp = self._request("GET", f"/v1/jobs/{job_id}/events", headers=headers,
-                                     stream=True, timeout=(self.timeout, 120))
+                resp = self._request(
+                    "GET",
+                    f"/v1/jobs/{job_id}/events",
+                    headers=headers,
+                    stream=True,
+                    timeout=(self.timeout, 120),
+                )
                 with resp:
                     for event in parse_sse(resp.iter_lines(decode_unicode=True)):
                         tries = 0
@@ -273,8 +324,7 @@ class Client:
                     return
             except _BROKEN as exc:
                 if tries >= reconnects:
-                    raise APIConnectionError(f"event stream of job {job_id} broke: "
-                                             f"{exc}") from exc
+                    raise APIConnectionError(f"event stream of job {job_id} broke: {exc}") from exc
                 log.info("event stream of job %s broke (%s); reconnecting", job_id, exc)
             tries += 1
             if tries > reconnects:
@@ -282,13 +332,13 @@ class Client:
             time.sleep(min(2.0, 0.2 * 2**tries))
 
     # plumbing
-    def _request(self, method: str, path: str, *, retry: bool = True,
-                 timeout: Any = None, **kwargs: Any) -> requests.Response:
+    def _request(
+        self, method: str, path: str, *, retry: bool = True, timeout: Any = None, **kwargs: Any
+    ) -> requests.Response:
         url = self.base_url + path
         for attempt in range(1, (RETRIES if retry else 1) + 1):
             try:
-                resp = self.session.request(method, url, timeout=timeout or self.timeout,
-                                            **kwargs)
+                resp = self.session.request(method, url, timeout=timeout or self.timeout, **kwargs)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt >= (RETRIES if retry else 1):
                     raise APIConnectionError(f"{method} {url}: {exc}") from exc
@@ -307,8 +357,10 @@ def raise_for_outcome(job: Job) -> Job:
     """Return a succeeded job; raise the matching JobOutcomeError otherwise."""
     if job.status == JobStatus.FAILED:
         err = job.error
-        raise JobFailedError(f"job {job.id} failed: {err.type}: {err.message}" if err
-                             else f"job {job.id} failed", job)
+        raise JobFailedError(
+            f"job {job.id} failed: {err.type}: {err.message}" if err else f"job {job.id} failed",
+            job,
+        )
     if job.status == JobStatus.CANCELED:
         raise JobCanceledError(f"job {job.id} was canceled", job)
     if not job.status.is_terminal():
@@ -340,7 +392,8 @@ def parse_sse(lines: Iterator[str]) -> Iterator[Event]:
 def is_terminal_event(event: Event) -> bool:
     """Return True for the status event that ends a job's stream."""
     return event.event == "status" and event.data.get("status") in {
-        s.value for s in JobStatus if s.is_terminal()}
+        s.value for s in JobStatus if s.is_terminal()
+    }
 
 
 def _is_file(value: Any) -> bool:
@@ -362,8 +415,15 @@ def _api_error(resp: requests.Response) -> APIError:
     except ValueError:
         envelope = {}
     if not isinstance(envelope, dict) or not isinstance(envelope.get("error"), dict):
-        envelope = {"error": {"type": "http_error", "message": resp.text[:500] or resp.reason,
-                              "param": None, "code": None}}
-    cls = _BY_STATUS.get(resp.status_code,
-                         InternalServerError if resp.status_code >= 500 else APIError)
+        envelope = {
+            "error": {
+                "type": "http_error",
+                "message": resp.text[:500] or resp.reason,
+                "param": None,
+                "code": None,
+            }
+        }
+    cls = _BY_STATUS.get(
+        resp.status_code, InternalServerError if resp.status_code >= 500 else APIError
+    )
     return cls(resp.status_code, envelope, dict(resp.headers))

@@ -30,17 +30,34 @@ _EXIT = {"succeeded": 0, "failed": EXIT_FAILED, "canceled": EXIT_CANCELED}
 DEFAULT_URL = "http://127.0.0.1:8000"
 POLL_S = 1.0
 
-url_option = click.option("--url", envvar="CONVEYOR_URL", default=DEFAULT_URL,
-                          show_default=True, help="Server URL [env CONVEYOR_URL].")
-live_url_option = click.option("--url", envvar="CONVEYOR_URL", default=None,
-                               help="Show live facts from this server [env CONVEYOR_URL].")
-key_option = click.option("--api-key", envvar="CONVEYOR_API_KEY", default=None,
-                          help="Bearer API key [env CONVEYOR_API_KEY].")
-json_option = click.option("--json", "as_json", is_flag=True,
-                           help="Print JSON (the job record) for scripts.")
-timeout_option = click.option("--timeout", type=click.FloatRange(min=0), default=None,
-                              help="Seconds to wait before giving up (exit 5); the job "
-                              "goes on.")
+url_option = click.option(
+    "--url",
+    envvar="CONVEYOR_URL",
+    default=DEFAULT_URL,
+    show_default=True,
+    help="Server URL [env CONVEYOR_URL].",
+)
+live_url_option = click.option(
+    "--url",
+    envvar="CONVEYOR_URL",
+    default=None,
+    help="Show live facts from this server [env CONVEYOR_URL].",
+)
+key_option = click.option(
+    "--api-key",
+    envvar="CONVEYOR_API_KEY",
+    default=None,
+    help="Bearer API key [env CONVEYOR_API_KEY].",
+)
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (the job record) for scripts."
+)
+timeout_option = click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds to wait before giving up (exit 5); the job goes on.",
+)
 
 
 def _client(url: str, api_key: str | None) -> Client:
@@ -180,14 +197,18 @@ def _show(job: Job, as_json: bool, *, streamed: bool = False) -> None:
         click.echo(f"job {job.id}: {job.status}", err=True)
 
 
-def _follow_and_exit(client: Client, job: Job, *, stream: bool, as_json: bool,
-                     timeout: float | None) -> None:
+def _follow_and_exit(
+    client: Client, job: Job, *, stream: bool, as_json: bool, timeout: float | None
+) -> None:
     follower = Follower(client, job, stream=stream, as_json=as_json)
     try:
         job = follower.run(timeout)
     except TimeoutError:
-        click.echo(f"timed out after {timeout:g} s; job {job.id} goes on "
-                   f"(`conveyor wait {job.id}` or `conveyor cancel {job.id}`)", err=True)
+        click.echo(
+            f"timed out after {timeout:g} s; job {job.id} goes on "
+            f"(`conveyor wait {job.id}` or `conveyor cancel {job.id}`)",
+            err=True,
+        )
         sys.exit(EXIT_TIMEOUT)
     _show(job, as_json, streamed=follower.tokens > 0)
     sys.exit(_EXIT.get(job.status, 1))
@@ -196,8 +217,14 @@ def _follow_and_exit(client: Client, job: Job, *, stream: bool, as_json: bool,
 @click.command()
 @click.argument("model")
 @click.option("--task", default=None, help="Task, when the model has several.")
-@click.option("--input", "-i", "pairs", multiple=True, metavar="KEY=VALUE",
-              help="An input field (repeatable); VALUE is JSON when it parses, else text.")
+@click.option(
+    "--input",
+    "-i",
+    "pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An input field (repeatable); VALUE is JSON when it parses, else text.",
+)
 @click.option("--prompt", "-p", default=None, help="Shorthand for --input prompt=TEXT.")
 @click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--audio", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -209,14 +236,29 @@ def _follow_and_exit(client: Client, job: Job, *, stream: bool, as_json: bool,
 @json_option
 @url_option
 @key_option
-def submit(model, task, pairs, prompt, image, audio, video, priority, wait_, stream, timeout,
-           as_json, url, api_key) -> None:
+def submit(
+    model,
+    task,
+    pairs,
+    prompt,
+    image,
+    audio,
+    video,
+    priority,
+    wait_,
+    stream,
+    timeout,
+    as_json,
+    url,
+    api_key,
+) -> None:
     """Submit a job for MODEL; print its id (or follow it with --wait / --stream)."""
     inputs = parse_pairs(pairs)
     if prompt is not None:
         inputs["prompt"] = prompt
-    inputs.update({k: v for k, v in (("image", image), ("audio", audio), ("video", video))
-                   if v is not None})
+    inputs.update(
+        {k: v for k, v in (("image", image), ("audio", audio), ("video", video)) if v is not None}
+    )
     client = _client(url, api_key)
     try:
         job = client.submit(model, inputs, task=task, priority=priority)
@@ -295,9 +337,11 @@ def print_live_models(url: str, api_key: str | None, as_json: bool) -> None:
     click.echo(f"  {'id':<24} {'tasks':<18} {'workers':>7} {'queued':>6}  loaded")
     for m in models:
         mark = "*" if m.get("default") else " "
-        click.echo(f"{mark} {m['id']:<24} {','.join(m.get('tasks', [])):<18} "
-                   f"{m.get('workers_online', 0):>7} {m.get('queue_depth', 0):>6}  "
-                   f"{'yes' if m.get('loaded') else 'no'}")
+        click.echo(
+            f"{mark} {m['id']:<24} {','.join(m.get('tasks', [])):<18} "
+            f"{m.get('workers_online', 0):>7} {m.get('queue_depth', 0):>6}  "
+            f"{'yes' if m.get('loaded') else 'no'}"
+        )
 
 
 def register_client_commands(group: click.Group) -> None:

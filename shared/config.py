@@ -58,28 +58,39 @@ class Settings(BaseSettings):
         10.0, gt=0, le=120, description="Timeout of one webhook request."
     )
     webhook_backoff_s: float = Field(
-        2.0, gt=0, le=600,
+        2.0,
+        gt=0,
+        le=600,
         description="Delay before the first webhook retry; doubles each attempt, with jitter.",
     )
     webhook_backoff_max_s: float = Field(
         300.0, gt=0, le=3600, description="Longest delay between two webhook attempts."
     )
     sse_heartbeat_s: float = Field(
-        15.0, gt=0, le=50, description="Seconds of silence before an event stream sends a "
-        "heartbeat comment (keeps proxies from closing it); below Redis' 60 s read timeout."
+        15.0,
+        gt=0,
+        le=50,
+        description="Seconds of silence before an event stream sends a "
+        "heartbeat comment (keeps proxies from closing it); below Redis' 60 s read timeout.",
     )
     max_held_requests: int = Field(
-        5000, ge=1, le=100_000,
+        5000,
+        ge=1,
+        le=100_000,
         description="Event streams and waiting requests (Prefer: wait, OpenAI and seed routes) "
         "one web process holds at once; past it they are answered 503 with Retry-After. "
         "Health checks, submits and polls never count against it.",
     )
     payload_sweep_interval_s: float = Field(
-        600.0, ge=1, le=86_400,
+        600.0,
+        ge=1,
+        le=86_400,
         description="How often the workers' reaper sweeps payloads of ended or vanished jobs.",
     )
     payload_orphan_grace_s: float = Field(
-        600.0, ge=0, le=86_400,
+        600.0,
+        ge=0,
+        le=86_400,
         description="Age a payload folder with no job record must reach before the sweeper "
         "removes it (a submit writes media just before it records the job).",
     )
@@ -94,7 +105,9 @@ class Settings(BaseSettings):
         2.0, gt=0, le=60, description="How often workers look for jobs whose lease expired."
     )
     redeliver_after_s: float = Field(
-        30.0, ge=1, le=86_400,
+        30.0,
+        ge=1,
+        le=86_400,
         description="Age of a queued job whose broker message is gone before it is sent again.",
     )
     max_deliveries: int = Field(
@@ -116,7 +129,9 @@ class Settings(BaseSettings):
         None, ge=64, description="RSS ceiling; a worker past it finishes its job and is replaced."
     )
     sync_wait_s: float = Field(
-        570.0, gt=0, le=3600,
+        570.0,
+        gt=0,
+        le=3600,
         description="Longest an answer-in-one-request route (OpenAI-compatible, seed servers') "
         "holds a request for its job; past it the job is canceled and the answer is 504. "
         "The default stays under the openai client's 600 s timeout, past which it resubmits.",
@@ -126,7 +141,9 @@ class Settings(BaseSettings):
         description="Send Celery task events from the start (Flower turns them on while it runs).",
     )
     cpu_threads: int | None = Field(
-        None, ge=1, le=1024,
+        None,
+        ge=1,
+        le=1024,
         description="Threads of CPU inference (llama.cpp) for models whose options set no "
         "n_threads; default: the physical cores this process may use. Set it when several "
         "workers share a machine.",

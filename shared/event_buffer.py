@@ -22,8 +22,13 @@ class EventBuffer:
     slow model's tokens still go out one by one, a fast model's a few at a time.
     """
 
-    def __init__(self, write: Callable[[list[Event]], None], *, interval_s: float = BATCH_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        write: Callable[[list[Event]], None],
+        *,
+        interval_s: float = BATCH_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._write = write
         self._interval = interval_s
         self._clock = clock

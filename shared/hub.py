@@ -34,8 +34,11 @@ def local_snapshot(spec, *, cache_dir: str | None = None) -> Path:
         if src.hf_file:
             return Path(
                 hf_hub_download(
-                    src.hf_repo, src.hf_file, revision=src.revision,
-                    cache_dir=cache_dir, local_files_only=True,
+                    src.hf_repo,
+                    src.hf_file,
+                    revision=src.revision,
+                    cache_dir=cache_dir,
+                    local_files_only=True,
                 )
             )
         return Path(

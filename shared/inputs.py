@@ -96,7 +96,6 @@ class ChatInput(Sampling, _Media):
             msgs.insert(0, {"role": "system", "content": system})
         return msgs
 
-
     def text_messages(self, model: str, default_system: str | None = None) -> list[dict]:
         """Return chat_messages() with every content flattened to text, for text-only models.
 
@@ -223,8 +222,22 @@ def parse_input(task: str, data: dict[str, Any], spec: ModelSpec) -> BaseModel:
 
 # Keys whose strings are not text a model reads: media (base64, data: URLs, stored refs) and
 # the labels of messages and content parts.
-_NOT_TEXT = frozenset({"image", "images", "audio", "video", "url", "data", "ref", "image_url",
-                       "video_url", "input_audio", "role", "type"})
+_NOT_TEXT = frozenset(
+    {
+        "image",
+        "images",
+        "audio",
+        "video",
+        "url",
+        "data",
+        "ref",
+        "image_url",
+        "video_url",
+        "input_audio",
+        "role",
+        "type",
+    }
+)
 
 
 def _text_chars(value: Any) -> int:

@@ -97,14 +97,18 @@ class JobRecord(BaseModel):
 
     def queue_expired(self, t: float) -> bool:
         """Return True when no worker started this queued job within its queue_timeout_s."""
-        return (self.status == JobStatus.QUEUED and self.started_at is None
-                and self.queue_timeout_s is not None
-                and t - self.created_at >= self.queue_timeout_s)
+        return (
+            self.status == JobStatus.QUEUED
+            and self.started_at is None
+            and self.queue_timeout_s is not None
+            and t - self.created_at >= self.queue_timeout_s
+        )
 
     def expired_error(self) -> JobError:
         """Return the error an expired job fails with."""
-        return JobError(type="expired",
-                        message=f"no worker started the job within {self.queue_timeout_s:g} s")
+        return JobError(
+            type="expired", message=f"no worker started the job within {self.queue_timeout_s:g} s"
+        )
 
     def public(self, base_url: str = "") -> dict[str, Any]:
         """Return the record as clients see it, with its URLs."""

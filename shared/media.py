@@ -11,8 +11,11 @@ from shared.errors import InvalidMedia
 # Input fields that carry media, and the kind of media each accepts.
 MEDIA_FIELDS = {"image": "image", "images": "image", "audio": "audio", "video": "video"}
 
-_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)"
-                       r"(?P<b64>;base64)?,", re.IGNORECASE)
+_DATA_URL = re.compile(
+    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)"
+    r"(?P<b64>;base64)?,",
+    re.IGNORECASE,
+)
 
 
 def sniff(data: bytes) -> str | None:
@@ -36,8 +39,9 @@ def sniff(data: bytes) -> str | None:
         return "audio/flac"
     if head.startswith(b"OggS"):
         return "audio/ogg"
-    if head.startswith(b"ID3") or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0
-                                    and head[1] & 0x06 != 0):
+    if head.startswith(b"ID3") or (
+        len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06 != 0
+    ):
         return "audio/mpeg"
     if head[4:8] == b"ftyp":
         brand = head[8:12]
@@ -66,7 +70,7 @@ def decode_b64(value: str, field: str) -> bytes:
     if match:
         if not match.group("b64"):
             raise InvalidMedia(f"{field}: only base64 data: URLs are accepted", param=field)
-        text = text[match.end():]
+        text = text[match.end() :]
     text = "".join(text.split())
     try:
         data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)

@@ -33,7 +33,21 @@ def redis_command(binary: str, data_dir: Path, port: int, *, appendonly: bool = 
     """Return the command line of a redis-server bound to loopback and a data directory."""
     data_dir.mkdir(parents=True, exist_ok=True)
     return [
-        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-        "--appendonly", "yes" if appendonly else "no", "--save", "",
-        "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning",
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--save",
+        "",
+        "--protected-mode",
+        "yes",
+        "--daemonize",
+        "no",
+        "--loglevel",
+        "warning",
     ]

@@ -58,7 +58,8 @@ def connect(url: str, *, pool_size: int | None = None, **kwargs) -> redis.Redis:
     if pool_size is None:
         return redis.Redis.from_url(url, decode_responses=True, **kwargs)
     pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=pool_size, timeout=10, decode_responses=True, **kwargs)
+        url, max_connections=pool_size, timeout=10, decode_responses=True, **kwargs
+    )
     return redis.Redis(connection_pool=pool)
 
 
@@ -135,8 +136,10 @@ class ResultStore:
     def get_many(self, job_ids: list[str]) -> dict[str, JobRecord | None]:
         """Return the records of several jobs in one round trip (None when unknown or expired)."""
         raws = self.r.mget([self.job_key(i) for i in job_ids]) if job_ids else []
-        return {i: JobRecord.model_validate_json(raw) if raw else None
-                for i, raw in zip(job_ids, raws, strict=True)}
+        return {
+            i: JobRecord.model_validate_json(raw) if raw else None
+            for i, raw in zip(job_ids, raws, strict=True)
+        }
 
     def queue_depth(self, model: str) -> int:
         """Return how many jobs of a model wait for a worker."""
@@ -150,8 +153,10 @@ class ResultStore:
         """Return each model's queued jobs by priority, in one round trip."""
         if not models:
             return {}
-        counts = self._queued_by_priority(keys=[self.queued_key(m) for m in models],
-                                          args=[repr(now() - self.ttl_s), self.job_key("")])
+        counts = self._queued_by_priority(
+            keys=[self.queued_key(m) for m in models],
+            args=[repr(now() - self.ttl_s), self.job_key("")],
+        )
         order = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
         return {m: dict(zip(order, c, strict=True)) for m, c in zip(models, counts, strict=True)}
 
@@ -185,12 +190,26 @@ class ResultStore:
         """
         first = {"status": job.status.value, "at": job.created_at}
         created, depth = self._create(
-            keys=[self.job_key(job.id), self.INDEX_KEY, self.queued_key(job.model),
-                  self.events_key(job.id), metrics.METRICS_KEY],
-            args=[job.model_dump_json(), self.ttl_s, repr(job.created_at), job.id, max_queued,
-                  repr(now() - self.ttl_s), json.dumps(first), EVENTS_MAXLEN,
-                  metrics.submitted_field(job.model, job.task),
-                  metrics.rejected_field(job.model, job.task, "queue_full")])
+            keys=[
+                self.job_key(job.id),
+                self.INDEX_KEY,
+                self.queued_key(job.model),
+                self.events_key(job.id),
+                metrics.METRICS_KEY,
+            ],
+            args=[
+                job.model_dump_json(),
+                self.ttl_s,
+                repr(job.created_at),
+                job.id,
+                max_queued,
+                repr(now() - self.ttl_s),
+                json.dumps(first),
+                EVENTS_MAXLEN,
+                metrics.submitted_field(job.model, job.task),
+                metrics.rejected_field(job.model, job.task, "queue_full"),
+            ],
+        )
         if created == 0:
             raise QueueFull(depth)
         if created < 0:
@@ -221,7 +240,8 @@ class ResultStore:
             if rec.attempts >= max_deliveries:
                 outcome = Claim.LOST
                 return self._terminal(
-                    rec, JobStatus.FAILED,
+                    rec,
+                    JobStatus.FAILED,
                     error=JobError(
                         type="worker_lost",
                         message=f"the worker running this job was lost {rec.attempts} times"
@@ -242,14 +262,28 @@ class ResultStore:
             if outcome == Claim.RUN:
                 pipe.set(self.lease_key(job_id), worker, px=int(lease_s * 1000))
                 pipe.zadd(self.RUNNING_KEY, {job_id: now()})
-                self._event(pipe, job_id, "status", {
-                    "status": "running", "attempt": rec.attempts, "worker": worker,
-                })
+                self._event(
+                    pipe,
+                    job_id,
+                    "status",
+                    {
+                        "status": "running",
+                        "attempt": rec.attempts,
+                        "worker": worker,
+                    },
+                )
             else:  # LOST or EXPIRED
                 pipe.zrem(self.RUNNING_KEY, job_id)
-                self._event(pipe, job_id, "status", {
-                    "status": "failed", "at": rec.completed_at, "error": rec.error.model_dump(),
-                })
+                self._event(
+                    pipe,
+                    job_id,
+                    "status",
+                    {
+                        "status": "failed",
+                        "at": rec.completed_at,
+                        "error": rec.error.model_dump(),
+                    },
+                )
 
         record = self._update(job_id, apply, extra)
         return outcome, record
@@ -293,7 +327,11 @@ class ResultStore:
         return self._finish(job_id, JobStatus.SUCCEEDED, output=output, metrics=metrics)
 
     def mark_failed(
-        self, job_id: str, error: JobError, *, output: dict | None = None,
+        self,
+        job_id: str,
+        error: JobError,
+        *,
+        output: dict | None = None,
         metrics: dict[str, Any] | None = None,
     ) -> JobRecord:
         """Fail a job with {type, message}.
@@ -414,8 +452,9 @@ class ResultStore:
     # internals
     def _event(self, pipe, job_id: str, event: str, data: dict[str, Any]) -> None:
         key = self.events_key(job_id)
-        pipe.xadd(key, {"event": event, "data": json.dumps(data)},
-                  maxlen=EVENTS_MAXLEN, approximate=True)
+        pipe.xadd(
+            key, {"event": event, "data": json.dumps(data)}, maxlen=EVENTS_MAXLEN, approximate=True
+        )
         pipe.expire(key, self.ttl_s)
         if event == "status" and data.get("status") in TERMINAL:
             end = self.end_key(job_id)
@@ -519,9 +558,11 @@ class StreamReader:
         if self._r is None:
             pool = self._store.r.connection_pool
             self._r = redis.Redis(
-                connection_pool=redis.ConnectionPool(connection_class=pool.connection_class,
-                                                     **pool.connection_kwargs),
-                single_connection_client=True)
+                connection_pool=redis.ConnectionPool(
+                    connection_class=pool.connection_class, **pool.connection_kwargs
+                ),
+                single_connection_client=True,
+            )
         return self._r
 
     def read(
@@ -551,8 +592,10 @@ class StreamReader:
             if kind == "end":
                 ended.add(job_id)
                 continue
-            found[job_id] = [(eid, fields.get("event", "message"), json.loads(fields["data"]))
-                             for eid, fields in entries]
+            found[job_id] = [
+                (eid, fields.get("event", "message"), json.loads(fields["data"]))
+                for eid, fields in entries
+            ]
         return found, ended
 
     def interrupt(self) -> bool:

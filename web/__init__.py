@@ -48,8 +48,9 @@ def build_services(settings: Settings) -> Services:
     store = ResultStore(client, ttl_s=settings.result_ttl_s)
     payloads = PayloadStore(settings.payload_location, max_bytes=settings.max_media_bytes)
     fleet = Fleet(client)
-    jobs = JobService(settings, registry, store, payloads, Dispatcher(settings, registry), fleet,
-                      JobFeeds(store))
+    jobs = JobService(
+        settings, registry, store, payloads, Dispatcher(settings, registry), fleet, JobFeeds(store)
+    )
     holds = HoldLimit(settings.max_held_requests)
     return Services(settings, registry, client, store, payloads, fleet, jobs, holds)
 

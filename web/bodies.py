@@ -37,12 +37,16 @@ def submission() -> tuple[Any, dict[str, list[bytes]]]:
     if part is None and "request" in request.files:
         part = request.files["request"].read().decode("utf-8", "replace")
     if part is None:
-        raise BadRequest("multipart submit needs a 'request' part holding the JSON body",
-                         param="request")
+        raise BadRequest(
+            "multipart submit needs a 'request' part holding the JSON body", param="request"
+        )
     try:
         body = json.loads(part)
     except ValueError as exc:
         raise BadRequest(f"the 'request' part is not valid JSON: {exc}", param="request") from None
-    files = {name: [f.read() for f in request.files.getlist(name)]
-             for name in request.files if name != "request"}
+    files = {
+        name: [f.read() for f in request.files.getlist(name)]
+        for name in request.files
+        if name != "request"
+    }
     return body, files

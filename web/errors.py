@@ -49,8 +49,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(redis.exceptions.TimeoutError)
     def _redis_down(exc: Exception):
         log.error("redis unavailable: %s", exc)
-        return envelope(503, "service_unavailable", "the job store (Redis) is unavailable",
-                        headers={"Retry-After": "2"})
+        return envelope(
+            503,
+            "service_unavailable",
+            "the job store (Redis) is unavailable",
+            headers={"Retry-After": "2"},
+        )
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

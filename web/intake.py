@@ -71,8 +71,7 @@ class Intake:
             if name == "images":
                 if not isinstance(value, list):
                     raise InvalidInput("input.images: expected a list", param="input.images")
-                out[name] = [self._value(v, f"input.images.{i}", kind)
-                             for i, v in enumerate(value)]
+                out[name] = [self._value(v, f"input.images.{i}", kind) for i, v in enumerate(value)]
             else:
                 out[name] = self._value(value, f"input.{name}", kind)
         if isinstance(out.get("messages"), list):

@@ -36,12 +36,18 @@ class CpuInfo:
 
     def describe(self) -> dict[str, object]:
         """Return what the worker reports about its CPU."""
-        return {"arch": self.arch, "model": self.model_name, "logical": self.logical,
-                "physical_cores": self.physical_cores, "amx": self.has_amx}
+        return {
+            "arch": self.arch,
+            "model": self.model_name,
+            "logical": self.logical,
+            "physical_cores": self.physical_cores,
+            "amx": self.has_amx,
+        }
 
 
-def parse_cpuinfo(text: str, arch: str, allowed: set[int] | None = None,
-                  quota: float | None = None) -> CpuInfo:
+def parse_cpuinfo(
+    text: str, arch: str, allowed: set[int] | None = None, quota: float | None = None
+) -> CpuInfo:
     """Read a /proc/cpuinfo text: flags, and cores among the `allowed` processors.
 
     Cores are distinct (physical id, core id) pairs; where the kernel gives no core ids
@@ -60,8 +66,13 @@ def parse_cpuinfo(text: str, arch: str, allowed: set[int] | None = None,
         processors = [p for p in processors if int(p["processor"]) in allowed] or processors
     first = processors[0] if processors else {}
     flags = frozenset((first.get("flags") or first.get("features") or "").split())
-    name = (first.get("model name") or first.get("cpu model") or first.get("hardware")
-            or first.get("cpu part") or arch)
+    name = (
+        first.get("model name")
+        or first.get("cpu model")
+        or first.get("hardware")
+        or first.get("cpu part")
+        or arch
+    )
     logical = max(1, len(processors))
     if all("core id" in p for p in processors) and processors:
         cores = len({(p.get("physical id", "0"), p["core id"]) for p in processors})
@@ -70,8 +81,9 @@ def parse_cpuinfo(text: str, arch: str, allowed: set[int] | None = None,
     if quota is not None:
         cap = max(1, math.ceil(quota))
         logical, cores = min(logical, cap), min(cores, cap)
-    return CpuInfo(arch=arch, model_name=name, flags=flags, logical=logical,
-                   physical_cores=max(1, cores))
+    return CpuInfo(
+        arch=arch, model_name=name, flags=flags, logical=logical, physical_cores=max(1, cores)
+    )
 
 
 def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:

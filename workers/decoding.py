@@ -54,8 +54,10 @@ def decode_audio(data: bytes, sampling_rate: int, limits: Limits, field: str = "
         raise MediaDecodeError(f"{field}: the audio holds no samples")
     seconds = samples.size / rate
     if seconds > limits.audio_max_seconds:
-        raise InputRejected(f"{field}: {seconds:.1f} s of audio is over this model's limit "
-                            f"of {limits.audio_max_seconds:g} s")
+        raise InputRejected(
+            f"{field}: {seconds:.1f} s of audio is over this model's limit "
+            f"of {limits.audio_max_seconds:g} s"
+        )
     if rate != sampling_rate:
         import librosa
 
@@ -110,16 +112,19 @@ def decode_video(ctx: JobContext, ref: dict, limits: Limits, field: str = "video
         cap = cv2.VideoCapture(path)
         try:
             if not cap.isOpened():
-                raise MediaDecodeError(f"{field}: the video could not be opened (corrupt or "
-                                       f"an unsupported codec)")
+                raise MediaDecodeError(
+                    f"{field}: the video could not be opened (corrupt or an unsupported codec)"
+                )
             fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
             total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
             if fps <= 0 or total <= 0:
                 raise MediaDecodeError(f"{field}: the video has no readable frames")
             duration = total / fps
             if duration > limits.video_max_seconds:
-                raise InputRejected(f"{field}: {duration:.1f} s of video is over this model's "
-                                    f"limit of {limits.video_max_seconds:g} s")
+                raise InputRejected(
+                    f"{field}: {duration:.1f} s of video is over this model's "
+                    f"limit of {limits.video_max_seconds:g} s"
+                )
             wanted = _frame_indices(total, fps, limits)
             frames = _read_frames(cap, wanted, limits.video_max_pixels, ctx)
         finally:

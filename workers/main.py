@@ -53,8 +53,7 @@ def build_worker_app(settings: Settings, spec: ModelSpec) -> Celery:
             exc = getattr(exc_info, "exception", None)
             exc = getattr(exc, "exc", exc)  # billiard wraps it in an ExceptionWithTraceback
             if isinstance(exc, WorkerLostError) and self.args:
-                _record_loss(settings, spec, app.conveyor_state, self.args[0], exc,
-                             self.worker_pid)
+                _record_loss(settings, spec, app.conveyor_state, self.args[0], exc, self.worker_pid)
             return super().on_failure(exc_info, send_failed_event, return_ok)
 
     class JobTask(Task):
@@ -72,8 +71,9 @@ def build_worker_app(settings: Settings, spec: ModelSpec) -> Celery:
             time.sleep(1.0)
             raise Reject(exc, requeue=True) from exc
         if runtime.should_exit:
-            log.error("worker %s keeps running out of memory; exiting to be replaced",
-                      runtime.worker_id)
+            log.error(
+                "worker %s keeps running out of memory; exiting to be replaced", runtime.worker_id
+            )
             os._exit(EXIT_RECYCLE)
         return status
 
@@ -83,8 +83,9 @@ def build_worker_app(settings: Settings, spec: ModelSpec) -> Celery:
         if state is not None:
             state.loading_started()
         try:
-            runtime = WorkerRuntime(settings, registry, spec,
-                                    send_webhook=partial(enqueue_webhook, app))
+            runtime = WorkerRuntime(
+                settings, registry, spec, send_webhook=partial(enqueue_webhook, app)
+            )
             runtime.start()
         except Exception as exc:
             log.exception("model %s failed to load", spec.id)
@@ -96,8 +97,14 @@ def build_worker_app(settings: Settings, spec: ModelSpec) -> Celery:
         if state is not None:
             state.loading_done()
         app.conveyor_runtime = runtime
-        Reaper(runtime.store, registry, app, settings, payloads=runtime.payloads,
-               notifier=runtime.notifier).start(runtime.stop)
+        Reaper(
+            runtime.store,
+            registry,
+            app,
+            settings,
+            payloads=runtime.payloads,
+            notifier=runtime.notifier,
+        ).start(runtime.stop)
 
     def on_process_shutdown(**_kwargs) -> None:
         if app.conveyor_runtime is not None:
@@ -166,16 +173,25 @@ class StartState:
                 continue
             report = self.crash_report(pid)
             cause = report.splitlines()[0] if report else "killed by a signal (no fault report)"
-            log.error("model %s: pool process %s died while loading: %s\n%s", model, pid, cause,
-                      report)
-            self.fail(f"model {model} crashed while loading or warming up ({cause}); "
-                      "see the worker log, and README 'Troubleshooting'")
+            log.error(
+                "model %s: pool process %s died while loading: %s\n%s", model, pid, cause, report
+            )
+            self.fail(
+                f"model {model} crashed while loading or warming up ({cause}); "
+                "see the worker log, and README 'Troubleshooting'"
+            )
             os.kill(os.getpid(), signal.SIGTERM)
             return
 
 
-def _record_loss(settings: Settings, spec: ModelSpec, state: StartState | None, job_id: str,
-                 exc: WorkerLostError, pid: int | None) -> None:
+def _record_loss(
+    settings: Settings,
+    spec: ModelSpec,
+    state: StartState | None,
+    job_id: str,
+    exc: WorkerLostError,
+    pid: int | None,
+) -> None:
     """Keep why a pool process was lost on its job, and its fault report in the log."""
     how = str(exc).removeprefix("Worker exited prematurely: ").split(" Job:")[0]
     reason = f"pool process {pid} on model {spec.id} exited: {how}"
@@ -183,13 +199,15 @@ def _record_loss(settings: Settings, spec: ModelSpec, state: StartState | None, 
     log.error("job %s model %s: %s\n%s", job_id, spec.id, reason, report)
     try:
         ResultStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s).note_loss(
-            job_id, reason)
+            job_id, reason
+        )
     except redis.RedisError:
         log.warning("job %s: could not record why its worker was lost", job_id, exc_info=True)
 
 
-def run_worker(settings: Settings, model: str, *, concurrency: int = 1,
-               loglevel: str = "INFO") -> None:
+def run_worker(
+    settings: Settings, model: str, *, concurrency: int = 1, loglevel: str = "INFO"
+) -> None:
     """Start a worker for one model and block until it stops.
 
     :raises WorkerStartError: unknown model, weights missing, or the model failed to load.
@@ -208,18 +226,32 @@ def run_worker(settings: Settings, model: str, *, concurrency: int = 1,
     stop_watching = threading.Event()
     with tempfile.TemporaryDirectory(prefix="conveyor-worker-") as folder:
         state = app.conveyor_state = StartState(folder)
-        threading.Thread(target=state.watch, args=(spec.id, stop_watching),
-                         name="conveyor-load-watch", daemon=True).start()
+        threading.Thread(
+            target=state.watch,
+            args=(spec.id, stop_watching),
+            name="conveyor-load-watch",
+            daemon=True,
+        ).start()
         try:
-            app.worker_main([
-                "worker", "--queues", spec.queue, "--concurrency", str(concurrency),
-                "--pool", "prefork", "--hostname", f"{spec.id}@%h", "--loglevel", loglevel,
-                "--without-gossip", "--without-mingle",
-            ])
+            app.worker_main(
+                [
+                    "worker",
+                    "--queues",
+                    spec.queue,
+                    "--concurrency",
+                    str(concurrency),
+                    "--pool",
+                    "prefork",
+                    "--hostname",
+                    f"{spec.id}@%h",
+                    "--loglevel",
+                    loglevel,
+                    "--without-gossip",
+                    "--without-mingle",
+                ]
+            )
         finally:
             stop_watching.set()
         failure = state.failed()
     if failure:
         raise WorkerStartError(failure)
-
-

@@ -28,9 +28,16 @@ class Reaper:
     """Requeue lapsed jobs, resend lost messages, expire queued jobs past their queue
     timeout, sweep payloads."""
 
-    def __init__(self, store: ResultStore, registry: Registry, app: Celery,
-                 settings: Settings, *, payloads: PayloadStore | None = None,
-                 notifier: WebhookNotifier | None = None) -> None:
+    def __init__(
+        self,
+        store: ResultStore,
+        registry: Registry,
+        app: Celery,
+        settings: Settings,
+        *,
+        payloads: PayloadStore | None = None,
+        notifier: WebhookNotifier | None = None,
+    ) -> None:
         self.store = store
         self.registry = registry
         self.app = app
@@ -51,8 +58,12 @@ class Reaper:
             if spec is None:
                 continue
             enqueue_job(self.app, self.settings, spec, job_id, job.priority, job.timeout_s)
-            log.warning("job %s model %s: worker lost on attempt %s; queued again",
-                        job_id, job.model, job.attempts)
+            log.warning(
+                "job %s model %s: worker lost on attempt %s; queued again",
+                job_id,
+                job.model,
+                job.attempts,
+            )
             requeued.append(job_id)
         self.redeliver_lost()
         self.expire_queued()
@@ -76,15 +87,20 @@ class Reaper:
                 continue
             for job_id in old:
                 # Once per job per period across the fleet: every worker runs a reaper.
-                if not self.store.r.set(REDELIVERED_KEY.format(job_id), 1, nx=True,
-                                        px=int(after * 1000)):
+                if not self.store.r.set(
+                    REDELIVERED_KEY.format(job_id), 1, nx=True, px=int(after * 1000)
+                ):
                     continue
                 job = self.store.get(job_id)
                 if job is None or job.status != JobStatus.QUEUED:
                     continue
                 enqueue_job(self.app, self.settings, spec, job_id, job.priority, job.timeout_s)
-                log.warning("job %s model %s: queued %.0fs with no message in the broker; "
-                            "sent again", job_id, job.model, now() - job.created_at)
+                log.warning(
+                    "job %s model %s: queued %.0fs with no message in the broker; sent again",
+                    job_id,
+                    job.model,
+                    now() - job.created_at,
+                )
                 sent.append(job_id)
         return sent
 
@@ -101,8 +117,12 @@ class Reaper:
                     job = self.store.mark_failed(job_id, job.expired_error())
                 except IllegalTransition:
                     continue
-                log.info("job %s model %s: expired in the queue after %gs", job_id, job.model,
-                         job.queue_timeout_s)
+                log.info(
+                    "job %s model %s: expired in the queue after %gs",
+                    job_id,
+                    job.model,
+                    job.queue_timeout_s,
+                )
                 if self.payloads is not None:
                     self.payloads.delete(job_id)
                 if self.notifier is not None:
@@ -114,10 +134,13 @@ class Reaper:
         """Sweep payloads of ended or vanished jobs when the fleet's interval has passed."""
         if self.payloads is None:
             return None
-        return sweep_if_due(self.store, self.payloads,
-                            interval_s=self.settings.payload_sweep_interval_s,
-                            grace_s=self.settings.payload_orphan_grace_s,
-                            owner=f"reaper:{os.getpid()}")
+        return sweep_if_due(
+            self.store,
+            self.payloads,
+            interval_s=self.settings.payload_sweep_interval_s,
+            grace_s=self.settings.payload_orphan_grace_s,
+            owner=f"reaper:{os.getpid()}",
+        )
 
     def start(self, stop: threading.Event) -> threading.Thread:
         """Run the reaper every reaper_interval_s in a daemon thread until stop is set."""

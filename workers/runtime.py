@@ -48,8 +48,13 @@ OOM_EXIT_AFTER = 3  # consecutive out-of-memory failures before the process asks
 class WorkerRuntime:
     """Everything one pool process needs to run jobs for its model."""
 
-    def __init__(self, settings: Settings, registry: Registry, spec: ModelSpec,
-                 send_webhook: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        spec: ModelSpec,
+        send_webhook: Callable[[str], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.spec = spec
@@ -82,8 +87,9 @@ class WorkerRuntime:
         gc.collect()
         gc.freeze()
         self.load_seconds = round(time.perf_counter() - t0, 3)
-        log.info("worker %s model %s loaded in %.2fs", self.worker_id, self.spec.id,
-                 self.load_seconds)
+        log.info(
+            "worker %s model %s loaded in %.2fs", self.worker_id, self.spec.id, self.load_seconds
+        )
         self.publish()
         threading.Thread(target=self._heartbeat, name="conveyor-heartbeat", daemon=True).start()
         threading.Thread(target=self._listen, name="conveyor-commands", daemon=True).start()
@@ -97,12 +103,19 @@ class WorkerRuntime:
     def facts(self) -> dict[str, Any]:
         """Return what this worker publishes about itself."""
         return {
-            "worker": self.worker_id, "model": self.spec.id, "backend": self.spec.backend,
-            "pid": os.getpid(), "hostname": socket.gethostname(),
-            "loaded": self.backend.loaded, "jobs_done": self.jobs_done,
-            "current_job": self.current_job, "started_at": self.started_at,
+            "worker": self.worker_id,
+            "model": self.spec.id,
+            "backend": self.spec.backend,
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "loaded": self.backend.loaded,
+            "jobs_done": self.jobs_done,
+            "current_job": self.current_job,
+            "started_at": self.started_at,
             "load_seconds": getattr(self, "load_seconds", None),
-            "memory": memory_stats(), "health": self.backend.health(), "at": time.time(),
+            "memory": memory_stats(),
+            "health": self.backend.health(),
+            "at": time.time(),
         }
 
     def publish(self) -> None:
@@ -170,8 +183,12 @@ class WorkerRuntime:
     # jobs
     def execute(self, job_id: str, soft_limit_s: float | None = None) -> str:
         """Run one delivered job through the result store; return what happened."""
-        claim, job = self.store.claim_job(job_id, self.worker_id, lease_s=self.settings.lease_s,
-                                          max_deliveries=self.settings.max_deliveries)
+        claim, job = self.store.claim_job(
+            job_id,
+            self.worker_id,
+            lease_s=self.settings.lease_s,
+            max_deliveries=self.settings.max_deliveries,
+        )
         if claim != Claim.RUN:
             log.info("job %s model %s: delivery dropped (%s)", job_id, self.spec.id, claim)
             if claim in (Claim.DONE, Claim.LOST, Claim.EXPIRED):
@@ -197,7 +214,9 @@ class WorkerRuntime:
         if soft_limit_s:  # Celery's soft limit sits COOPERATIVE_GRACE_S past the deadline
             limit = min(limit, max(0.1, soft_limit_s - COOPERATIVE_GRACE_S))
         ctx = JobContext(
-            job.id, read_media=self.payloads.read, media_path=self.payloads.local_path,
+            job.id,
+            read_media=self.payloads.read,
+            media_path=self.payloads.local_path,
             emit=self._emitter(job),
             stop_requested=lambda: self.store.cancel_requested(job.id),
             deadline=time.monotonic() + limit if limit else None,
@@ -231,7 +250,8 @@ class WorkerRuntime:
                 parts.append(data.get("text", ""))
             if event in ("token", "progress"):
                 self.notifier.output(
-                    job, lambda: {"text": "".join(parts)} if parts else {event: data})
+                    job, lambda: {"text": "".join(parts)} if parts else {event: data}
+                )
 
         return emit
 
@@ -240,17 +260,19 @@ class WorkerRuntime:
 
     def _finish(self, job: JobRecord, ctx: JobContext, result: Result) -> str:
         if job.metrics.time_to_first_token_seconds is not None:
-            result.metrics.setdefault("time_to_first_token_seconds",
-                                      job.metrics.time_to_first_token_seconds)
+            result.metrics.setdefault(
+                "time_to_first_token_seconds", job.metrics.time_to_first_token_seconds
+            )
         try:
             if ctx.canceled:
-                rec = self.store.mark_canceled(job.id, output=result.output,
-                                               metrics=result.metrics)
+                rec = self.store.mark_canceled(job.id, output=result.output, metrics=result.metrics)
                 status = "canceled"
             elif ctx.timed_out:
                 rec = self.store.mark_failed(
-                    job.id, JobError(type="timeout", message="the job ran past its time limit"),
-                    output=result.output, metrics=result.metrics,
+                    job.id,
+                    JobError(type="timeout", message="the job ran past its time limit"),
+                    output=result.output,
+                    metrics=result.metrics,
                 )
                 status = "timeout"
             else:

@@ -19,14 +19,13 @@ def image(width: int = 64, height: int = 48, fmt: str = "PNG") -> bytes:
     """Return a gradient image with a red square, encoded as PNG or JPEG."""
     x = np.linspace(0, 255, width, dtype=np.uint8)[None, :, None]
     pixels = np.broadcast_to(x, (height, width, 3)).copy()
-    pixels[height // 4: height // 2, width // 4: width // 2] = (255, 0, 0)
+    pixels[height // 4 : height // 2, width // 4 : width // 2] = (255, 0, 0)
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, fmt)
     return buf.getvalue()
 
 
-def audio(seconds: float = 1.0, rate: int = 16_000, fmt: str = "WAV",
-          channels: int = 1) -> bytes:
+def audio(seconds: float = 1.0, rate: int = 16_000, fmt: str = "WAV", channels: int = 1) -> bytes:
     """Return a 440 Hz tone as WAV or FLAC."""
     t = np.arange(int(seconds * rate)) / rate
     tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
@@ -45,7 +44,7 @@ def video(seconds: float = 2.0, fps: int = 10, width: int = 64, height: int = 48
         for i in range(int(seconds * fps)):
             frame = np.zeros((height, width, 3), np.uint8)
             x = (i * 4) % (width - 8)
-            frame[10:18, x:x + 8] = (0, 255, 0)
+            frame[10:18, x : x + 8] = (0, 255, 0)
             writer.write(frame)
         writer.release()
         return Path(path).read_bytes()

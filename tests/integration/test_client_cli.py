@@ -53,10 +53,16 @@ def client(server):
 
 def cli(server, *args, timeout=120, env=None, **kwargs) -> subprocess.CompletedProcess:
     """Run `conveyor ARGS` with the server in CONVEYOR_URL and the key in CONVEYOR_API_KEY."""
-    full_env = {**os.environ, "CONVEYOR_URL": server.url, "CONVEYOR_API_KEY": KEY,
-                **(env or {})}
-    return subprocess.run([CONVEYOR, *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout, env=full_env, **kwargs)
+    full_env = {**os.environ, "CONVEYOR_URL": server.url, "CONVEYOR_API_KEY": KEY, **(env or {})}
+    return subprocess.run(
+        [CONVEYOR, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        env=full_env,
+        **kwargs,
+    )
 
 
 def occupy_echo(client, seconds: float = 4.0):
@@ -68,8 +74,12 @@ def occupy_echo(client, seconds: float = 4.0):
 
 # the client
 def test_run_returns_the_succeeded_job(client):
-    job = client.run(SMOL, {"prompt": "What is the capital of France?", "max_tokens": 30,
-                            "temperature": 0}, task="chat", timeout=120)
+    job = client.run(
+        SMOL,
+        {"prompt": "What is the capital of France?", "max_tokens": 30, "temperature": 0},
+        task="chat",
+        timeout=120,
+    )
     assert job.status == "succeeded" and "Paris" in job.output["text"]
     assert job.metrics.completion_tokens > 0 and job.urls["get"].endswith(job.id)
 
@@ -80,20 +90,26 @@ def test_media_from_path_bytes_and_file(client, tmp_path):
     with open(tmp_path / "clip.bin", "wb") as f:
         f.write(MP4)
     with open(tmp_path / "clip.bin", "rb") as video:
-        job = client.submit("echo", {"note": "media", "image": image, "audio": WAV,
-                                     "video": video}, wait=20)
+        job = client.submit(
+            "echo", {"note": "media", "image": image, "audio": WAV, "video": video}, wait=20
+        )
     assert job.status == "succeeded"
     assert {k: job.input[k]["media_type"] for k in ("image", "audio", "video")} == {
-        "image": "image/png", "audio": "audio/wav", "video": "video/mp4"}
+        "image": "image/png",
+        "audio": "audio/wav",
+        "video": "video/mp4",
+    }
     assert job.input["image"]["bytes"] == len(PNG) and job.input["note"] == "media"
-    b64 = client.submit("echo", {"image": "data:image/png;base64,"
-                                 + base64.b64encode(PNG).decode()}, wait=20)
+    b64 = client.submit(
+        "echo", {"image": "data:image/png;base64," + base64.b64encode(PNG).decode()}, wait=20
+    )
     assert b64.input["image"]["media_type"] == "image/png"
 
 
 def test_events_stream_tokens_then_ends(client):
-    job = client.submit(SMOL, {"prompt": "Count from one to ten.", "max_tokens": 24,
-                               "temperature": 0}, task="chat")
+    job = client.submit(
+        SMOL, {"prompt": "Count from one to ten.", "max_tokens": 24, "temperature": 0}, task="chat"
+    )
     events = list(client.events(job.id))
     statuses = [e.data["status"] for e in events if e.event == "status"]
     assert statuses[0] == "queued" and statuses[-1] == "succeeded" and "running" in statuses
@@ -139,8 +155,19 @@ def test_typed_errors_carry_the_envelope(client, server):
 
 # the CLI
 def test_cli_submit_wait_json(server):
-    done = cli(server, "submit", "echo", "--input", "msg=hello", "-i", "n=3",
-               "-i", 'tags=["a","b"]', "--wait", "--json")
+    done = cli(
+        server,
+        "submit",
+        "echo",
+        "--input",
+        "msg=hello",
+        "-i",
+        "n=3",
+        "-i",
+        'tags=["a","b"]',
+        "--wait",
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     rec = json.loads(done.stdout)
     assert rec["status"] == "succeeded"
@@ -148,8 +175,20 @@ def test_cli_submit_wait_json(server):
 
 
 def test_cli_stream_prints_tokens_as_they_come(server):
-    done = cli(server, "submit", SMOL, "--task", "chat", "-p", "Count from one to ten.",
-               "-i", "max_tokens=24", "-i", "temperature=0", "--stream")
+    done = cli(
+        server,
+        "submit",
+        SMOL,
+        "--task",
+        "chat",
+        "-p",
+        "Count from one to ten.",
+        "-i",
+        "max_tokens=24",
+        "-i",
+        "temperature=0",
+        "--stream",
+    )
     assert done.returncode == 0, done.stderr
     job_id = done.stderr.split("job ", 1)[1].split()[0]
     rec = json.loads(cli(server, "get", job_id, "--json").stdout)
@@ -158,8 +197,19 @@ def test_cli_stream_prints_tokens_as_they_come(server):
 
 
 def test_cli_stream_json_lines_of_events(server):
-    done = cli(server, "submit", SMOL, "--task", "complete", "-p", "Say hi.",
-               "-i", "max_tokens=8", "--stream", "--json")
+    done = cli(
+        server,
+        "submit",
+        SMOL,
+        "--task",
+        "complete",
+        "-p",
+        "Say hi.",
+        "-i",
+        "max_tokens=8",
+        "--stream",
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert any(e.get("event") == "token" for e in lines[:-1])
@@ -181,10 +231,24 @@ def test_cli_wait_timeout_cancel_exit_codes(server):
 
 def test_cli_cancel_a_streamed_run(server):
     proc = subprocess.Popen(
-        [CONVEYOR, "submit", SMOL, "--task", "chat", "-i", "max_tokens=1000", "--stream",
-         "-p", "Write a very long story about a dragon."],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env={**os.environ, "CONVEYOR_URL": server.url, "CONVEYOR_API_KEY": KEY})
+        [
+            CONVEYOR,
+            "submit",
+            SMOL,
+            "--task",
+            "chat",
+            "-i",
+            "max_tokens=1000",
+            "--stream",
+            "-p",
+            "Write a very long story about a dragon.",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "CONVEYOR_URL": server.url, "CONVEYOR_API_KEY": KEY},
+    )
     header = proc.stderr.readline()
     job_id = header.split("job ", 1)[1].split()[0]
     first = proc.stdout.read(20)  # tokens are arriving
@@ -202,8 +266,9 @@ def test_cli_media_options(server, tmp_path):
     image.write_bytes(PNG)
     audio = tmp_path / "x.wav"
     audio.write_bytes(WAV)
-    done = cli(server, "submit", "echo", "--image", str(image), "--audio", str(audio),
-               "--wait", "--json")
+    done = cli(
+        server, "submit", "echo", "--image", str(image), "--audio", str(audio), "--wait", "--json"
+    )
     rec = json.loads(done.stdout)
     assert rec["input"]["image"]["media_type"] == "image/png"
     assert rec["input"]["audio"]["media_type"] == "audio/wav"
@@ -214,9 +279,13 @@ def test_cli_live_progress_shows_queue_position(server, client):
     ahead = client.submit("echo", {"sleep_s": 0.5})
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
-        [CONVEYOR, "submit", "echo", "-i", "step=3", "--wait"], stdout=subprocess.PIPE,
-        stderr=follower, text=True, cwd=ROOT,
-        env={**os.environ, "CONVEYOR_URL": server.url, "CONVEYOR_API_KEY": KEY})
+        [CONVEYOR, "submit", "echo", "-i", "step=3", "--wait"],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "CONVEYOR_URL": server.url, "CONVEYOR_API_KEY": KEY},
+    )
     os.close(follower)
     screen = io.BytesIO()
     while True:
@@ -243,8 +312,10 @@ def test_cli_get_models_and_errors(server, client):
     assert shown.returncode == 0 and '"k": "v"' in shown.stdout and "succeeded" in shown.stderr
     models = cli(server, "models")
     assert models.returncode == 0
-    rows = {line.split()[1 if line.startswith("*") else 0]: line
-            for line in models.stdout.splitlines()[1:]}
+    rows = {
+        line.split()[1 if line.startswith("*") else 0]: line
+        for line in models.stdout.splitlines()[1:]
+    }
     assert rows["echo"].split()[-1] == "yes" and rows["minilm"].split()[-1] == "no"
     live = json.loads(cli(server, "models", "--json").stdout)
     assert {m["id"]: m["workers_online"] for m in live}["echo"] == 1

@@ -9,28 +9,74 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**12), 10**12)
+    | st.floats(allow_nan=False)
     | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
-                                                                 max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
     max_leaves=12,
 )
-FIELDS = ["task", "input", "webhook", "webhook_events_filter", "priority", "timeout_s",
-          "queue_timeout_s"]
-INPUT_FIELDS = ["messages", "prompt", "max_tokens", "temperature", "top_p", "top_k", "stop",
-                "seed", "image", "images", "audio", "video", "texts", "text", "sleep_s",
-                "question", "language", "normalize", "tools"]
+FIELDS = [
+    "task",
+    "input",
+    "webhook",
+    "webhook_events_filter",
+    "priority",
+    "timeout_s",
+    "queue_timeout_s",
+]
+INPUT_FIELDS = [
+    "messages",
+    "prompt",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "seed",
+    "image",
+    "images",
+    "audio",
+    "video",
+    "texts",
+    "text",
+    "sleep_s",
+    "question",
+    "language",
+    "normalize",
+    "tools",
+]
 MODELS = st.sampled_from(["echo", "smollm2-135m", "minilm", "whisper-1", "qwen_vl", "nope"])
 BODIES = st.fixed_dictionaries(
     {"model": MODELS},
-    optional={**{k: JSON for k in FIELDS},
-              "input": st.fixed_dictionaries({}, optional={k: JSON for k in INPUT_FIELDS})},
+    optional={
+        **{k: JSON for k in FIELDS},
+        "input": st.fixed_dictionaries({}, optional={k: JSON for k in INPUT_FIELDS}),
+    },
 )
-GARBAGE = [b"\xff\xfe", b"[]", b"null", b"1", b'"x"', b"{" * 1000, b'{"model": 1}',
-           b'{"model": "echo", "input": {"image": "AAAA"}}']
-ROUTES = ["/v1/jobs", "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
-          "/generate", "/generate/deepseek", "/models/dialogpt-small/generate",
-          "/chat/completions"]
+GARBAGE = [
+    b"\xff\xfe",
+    b"[]",
+    b"null",
+    b"1",
+    b'"x"',
+    b"{" * 1000,
+    b'{"model": 1}',
+    b'{"model": "echo", "input": {"image": "AAAA"}}',
+]
+ROUTES = [
+    "/v1/jobs",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/generate",
+    "/generate/deepseek",
+    "/models/dialogpt-small/generate",
+    "/chat/completions",
+]
 
 
 @pytest.fixture(scope="module")

@@ -33,18 +33,23 @@ def registry(tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(registry, make_settings, start_worker, make_app):
     settings = make_settings(registry=registry)
-    workers = [start_worker(settings, m, wait=False)
-               for m in ("minilm", "minilm-nf4", "smollm2-135m-hf")]
+    workers = [
+        start_worker(settings, m, wait=False) for m in ("minilm", "minilm-nf4", "smollm2-135m-hf")
+    ]
     fleet = Fleet(redis.Redis.from_url(settings.redis_url, decode_responses=True))
     for w in workers:
+
         def ready(w=w):
             assert w.proc.poll() is None, f"worker {w.model} exited:\n{w.tail()}"
-            return any(f.get("loaded") and f.get("pid") in w.pool_pids()
-                       for f in fleet.workers(w.model))
+            return any(
+                f.get("loaded") and f.get("pid") in w.pool_pids() for f in fleet.workers(w.model)
+            )
+
         wait_for(ready, 300, what=f"worker {w.model}")
     app = make_app(settings)
-    app.conveyor_store = ResultStore(redis.Redis.from_url(settings.redis_url,
-                                                          decode_responses=True), ttl_s=600)
+    app.conveyor_store = ResultStore(
+        redis.Redis.from_url(settings.redis_url, decode_responses=True), ttl_s=600
+    )
     return app.test_client()
 
 
@@ -59,6 +64,7 @@ def finish(client, job_id, timeout=180):
     def ended():
         rec = client.get(f"/v1/jobs/{job_id}").get_json()
         return rec if rec["status"] in TERMINAL else None
+
     return wait_for(ended, timeout, what=f"job {job_id}")
 
 
@@ -75,11 +81,17 @@ def cosine(a, b):
 
 @pytest.mark.parametrize("model", ["minilm", "minilm-nf4"])
 def test_minilm_paraphrase_is_closer_than_an_unrelated_sentence(client, model):
-    rec = run(client, model, {"texts": [
-        "A man is playing a guitar on stage.",
-        "Someone performs music with a guitar in front of an audience.",
-        "The central bank raised interest rates by half a point.",
-    ]})
+    rec = run(
+        client,
+        model,
+        {
+            "texts": [
+                "A man is playing a guitar on stage.",
+                "Someone performs music with a guitar in front of an audience.",
+                "The central bank raised interest rates by half a point.",
+            ]
+        },
+    )
     out = rec["output"]
     assert out["dimensions"] == 384 and len(out["embeddings"]) == 3
     a, b, c = out["embeddings"]
@@ -103,47 +115,95 @@ def test_minilm_single_text_and_batches_agree(client):
 
 
 def test_smollm2_via_transformers_gguf_answers_and_streams(client):
-    rec = run(client, "smollm2-135m-hf", {"prompt": "What is the capital of France?",
-                                          "max_tokens": 24, "temperature": 0}, task="chat")
+    rec = run(
+        client,
+        "smollm2-135m-hf",
+        {"prompt": "What is the capital of France?", "max_tokens": 24, "temperature": 0},
+        task="chat",
+    )
     assert "Paris" in rec["output"]["text"]
     assert rec["output"]["finish_reason"] in ("stop", "length")
     assert rec["metrics"]["prompt_tokens"] > 5
     assert 0 < rec["metrics"]["completion_tokens"] <= 24
-    tokens = [d["text"] for _, kind, d in client.application.conveyor_store.read_events(rec["id"])
-              if kind == "token"]
+    tokens = [
+        d["text"]
+        for _, kind, d in client.application.conveyor_store.read_events(rec["id"])
+        if kind == "token"
+    ]
     assert len(tokens) > 1  # streamed piece by piece, not in one lump
     assert "".join(tokens).strip() == rec["output"]["text"].strip()
 
 
 def test_smollm2_sampling_fields_and_stop_strings(client):
-    rec = run(client, "smollm2-135m-hf", {
-        "messages": [{"role": "system", "content": "You list things, one per line."},
-                     {"role": "user", "content": "List three fruits."}],
-        "max_tokens": 40, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "seed": 3,
-        "repeat_penalty": 1.1, "stop": ["\n"]}, task="chat")
+    rec = run(
+        client,
+        "smollm2-135m-hf",
+        {
+            "messages": [
+                {"role": "system", "content": "You list things, one per line."},
+                {"role": "user", "content": "List three fruits."},
+            ],
+            "max_tokens": 40,
+            "temperature": 0.7,
+            "top_p": 0.9,
+            "top_k": 20,
+            "seed": 3,
+            "repeat_penalty": 1.1,
+            "stop": ["\n"],
+        },
+        task="chat",
+    )
     assert "\n" not in rec["output"]["text"]
     assert rec["output"]["finish_reason"] == "stop"
-    again = run(client, "smollm2-135m-hf", {
-        "messages": [{"role": "system", "content": "You list things, one per line."},
-                     {"role": "user", "content": "List three fruits."}],
-        "max_tokens": 40, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "seed": 3,
-        "repeat_penalty": 1.1, "stop": ["\n"]}, task="chat")
+    again = run(
+        client,
+        "smollm2-135m-hf",
+        {
+            "messages": [
+                {"role": "system", "content": "You list things, one per line."},
+                {"role": "user", "content": "List three fruits."},
+            ],
+            "max_tokens": 40,
+            "temperature": 0.7,
+            "top_p": 0.9,
+            "top_k": 20,
+            "seed": 3,
+            "repeat_penalty": 1.1,
+            "stop": ["\n"],
+        },
+        task="chat",
+    )
     assert again["output"]["text"] == rec["output"]["text"]  # same seed, same sample
 
 
 def test_smollm2_completion(client):
-    rec = run(client, "smollm2-135m-hf", {"prompt": "One, two, three,", "max_tokens": 6,
-                                          "temperature": 0}, task="complete")
+    rec = run(
+        client,
+        "smollm2-135m-hf",
+        {"prompt": "One, two, three,", "max_tokens": 6, "temperature": 0},
+        task="complete",
+    )
     assert rec["output"]["text"] and rec["metrics"]["completion_tokens"] <= 6
 
 
 def test_cancel_stops_transformers_generation_between_tokens(client):
-    job_id = submit(client, "smollm2-135m-hf", {
-        "prompt": "Write a very long story about a dragon.", "max_tokens": 800,
-        "temperature": 0.8}, task="chat")
+    job_id = submit(
+        client,
+        "smollm2-135m-hf",
+        {
+            "prompt": "Write a very long story about a dragon.",
+            "max_tokens": 800,
+            "temperature": 0.8,
+        },
+        task="chat",
+    )
     store = client.application.conveyor_store
-    wait_for(lambda: any(kind == "token" for _, kind, _ in store.read_events(job_id)), 120,
-             interval=0.05, what="first token")
+    wait_for(
+        lambda: any(kind == "token" for _, kind, _ in store.read_events(job_id)),
+        120,
+        interval=0.05,
+        what="first token",
+    )
     client.post(f"/v1/jobs/{job_id}/cancel")
     rec = finish(client, job_id, timeout=30)
     assert rec["status"] == "canceled"
@@ -156,7 +216,8 @@ def test_multimodal_parts_to_a_text_model_fail_clearly(client):
     import base64
 
     png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 64).decode()
-    rec = finish(client, submit(client, "smollm2-135m-hf", {"prompt": "hi", "image": png},
-                                task="chat"))
+    rec = finish(
+        client, submit(client, "smollm2-135m-hf", {"prompt": "hi", "image": png}, task="chat")
+    )
     assert rec["status"] == "failed" and rec["error"]["type"] == "invalid_input"
     assert "takes text only" in rec["error"]["message"]

@@ -40,15 +40,16 @@ def test_llama_cpp_defaults_follow_this_cpu(make_settings):
         assert facts["threads"] == cpu.physical_cores
         assert facts["extra_buffers"] is (not cpu.has_amx)
         assert backend.llm.context_params.n_threads == cpu.physical_cores
-        out = backend.llm.create_completion("The capital of France is", max_tokens=4,
-                                            temperature=0)
+        out = backend.llm.create_completion("The capital of France is", max_tokens=4, temperature=0)
         assert "Paris" in out["choices"][0]["text"]
     finally:
         backend.close()
 
 
 def test_llama_cpp_options_and_setting_override_the_defaults(tmp_path, make_settings):
-    registry = registry_file(tmp_path, f"""\
+    registry = registry_file(
+        tmp_path,
+        f"""\
         - id: pinned
           backend: llamacpp
           {SMOLLM2}
@@ -63,7 +64,8 @@ def test_llama_cpp_options_and_setting_override_the_defaults(tmp_path, make_sett
           {SMOLLM2}
           tasks: [chat]
           options: {{extra_buffers: sometimes}}
-    """)
+    """,
+    )
     settings = make_settings(registry=registry, cpu_threads=3)
     specs = load_registry(registry)
     pinned = LlamaCppBackend(specs.get("pinned"), settings)
@@ -80,16 +82,25 @@ def test_llama_cpp_options_and_setting_override_the_defaults(tmp_path, make_sett
 
 
 def test_a_model_that_crashes_at_warm_up_fails_the_worker_start(tmp_path, make_settings):
-    registry = registry_file(tmp_path, """\
+    registry = registry_file(
+        tmp_path,
+        """\
         - id: crashy
           backend: echo
           tasks: [echo]
           options: {crash: warmup}
-    """)
+    """,
+    )
     settings = make_settings(registry=registry)
     env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "shared.cli", "worker", "--model", "crashy"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "worker", "--model", "crashy"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert "conveyor worker: model crashy crashed while loading" in last, last
@@ -100,8 +111,11 @@ def test_a_model_that_crashes_at_warm_up_fails_the_worker_start(tmp_path, make_s
 
 
 def test_a_job_whose_pool_process_crashes_names_the_signal_and_model(
-        tmp_path, make_settings, start_worker, make_app):
-    registry = registry_file(tmp_path, """\
+    tmp_path, make_settings, start_worker, make_app
+):
+    registry = registry_file(
+        tmp_path,
+        """\
         - id: crashes-in-jobs
           backend: echo
           tasks: [echo]
@@ -109,7 +123,8 @@ def test_a_job_whose_pool_process_crashes_names_the_signal_and_model(
         - id: echo
           backend: echo
           tasks: [echo]
-    """)
+    """,
+    )
     settings = make_settings(registry=registry, max_deliveries=2, lease_s=1.0)
     worker = start_worker(settings, "crashes-in-jobs")
     client = make_app(settings).test_client()
@@ -138,18 +153,36 @@ def test_a_job_whose_pool_process_crashes_names_the_signal_and_model(
 
 
 def test_conveyor_up_stops_with_the_log_tail_when_a_model_crashes_at_warm_up(tmp_path):
-    registry = registry_file(tmp_path, """\
+    registry = registry_file(
+        tmp_path,
+        """\
         - id: crashy
           backend: echo
           tasks: [echo]
           options: {crash: warmup}
-    """)
+    """,
+    )
     env = {**os.environ, "CONVEYOR_REGISTRY": str(registry), "PYTHONUNBUFFERED": "1"}
     env.pop("CONVEYOR_REDIS_URL", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "up", "--model", "crashy", "--port", str(free_port()),
-         "--data-dir", str(tmp_path / "data")],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=150)
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "up",
+            "--model",
+            "crashy",
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "conveyor up:" in proc.stderr
     assert "model crashy crashed while loading" in proc.stderr
@@ -157,16 +190,26 @@ def test_conveyor_up_stops_with_the_log_tail_when_a_model_crashes_at_warm_up(tmp
 
 
 def test_a_registry_task_the_backend_cannot_run_fails_the_worker_start(tmp_path, make_settings):
-    registry = registry_file(tmp_path, """\
+    registry = registry_file(
+        tmp_path,
+        """\
         - id: typo-tasks
           backend: echo
           tasks: [echo, chat]
-    """)
+    """,
+    )
     settings = make_settings(registry=registry)
     env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "shared.cli", "worker", "--model", "typo-tasks"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert ("backend echo cannot run tasks ['chat']; it runs ['echo']"
-            in proc.stderr.strip().splitlines()[-1])
+    assert (
+        "backend echo cannot run tasks ['chat']; it runs ['echo']"
+        in proc.stderr.strip().splitlines()[-1]
+    )

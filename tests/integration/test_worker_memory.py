@@ -36,16 +36,33 @@ def registry(tmp_path_factory):
     root = tmp_path_factory.mktemp("memory")
     folder = build_bert_classifier(root / "bert")
     entries = [
-        {"id": "bert-plain", "backend": "classifier", "tasks": ["classify"],
-         "source": {"path": str(folder)}, "quantization": "int8"},
-        {"id": "bert-capped", "backend": "classifier", "tasks": ["classify"],
-         "source": {"path": str(folder)},
-         "options": {"memory_limit_mb": 384, "batch_size": OOM_BATCH},
-         "limits": {"max_batch": OOM_BATCH}},
-        {"id": "bert-ceiling", "backend": "classifier", "tasks": ["classify"],
-         "source": {"path": str(folder)}},
-        {"id": "hub-model", "backend": "classifier", "tasks": ["classify"],
-         "source": {"hf_repo": "conveyor-tests/never-downloaded"}},
+        {
+            "id": "bert-plain",
+            "backend": "classifier",
+            "tasks": ["classify"],
+            "source": {"path": str(folder)},
+            "quantization": "int8",
+        },
+        {
+            "id": "bert-capped",
+            "backend": "classifier",
+            "tasks": ["classify"],
+            "source": {"path": str(folder)},
+            "options": {"memory_limit_mb": 384, "batch_size": OOM_BATCH},
+            "limits": {"max_batch": OOM_BATCH},
+        },
+        {
+            "id": "bert-ceiling",
+            "backend": "classifier",
+            "tasks": ["classify"],
+            "source": {"path": str(folder)},
+        },
+        {
+            "id": "hub-model",
+            "backend": "classifier",
+            "tasks": ["classify"],
+            "source": {"hf_repo": "conveyor-tests/never-downloaded"},
+        },
     ]
     path = root / "models.yaml"
     path.write_text(yaml.safe_dump({"models": entries}))
@@ -59,9 +76,13 @@ def stack(registry, make_settings, start_worker, make_app):
     capped = start_worker(settings, "bert-capped", wait=False)
     fleet = Fleet(redis.Redis.from_url(settings.redis_url, decode_responses=True))
     for w in (plain, capped):
-        wait_for(lambda w=w: any(f.get("loaded") and f.get("pid") in w.pool_pids()
-                                 for f in fleet.workers(w.model)), 180,
-                 what=f"worker {w.model}")
+        wait_for(
+            lambda w=w: any(
+                f.get("loaded") and f.get("pid") in w.pool_pids() for f in fleet.workers(w.model)
+            ),
+            180,
+            what=f"worker {w.model}",
+        )
     app = make_app(settings)
     return app.test_client(), settings, fleet
 
@@ -82,9 +103,11 @@ def run(client, model, input, expect="succeeded"):
 
 def serving_pid(fleet, model):
     """Return the pid of the one live pool process serving a model, once there is one."""
+
     def one():
         live = [w for w in fleet.workers(model) if w.get("loaded")]
         return live[0]["pid"] if len(live) == 1 else None
+
     return wait_for(one, 120, what=f"one loaded worker for {model}")
 
 
@@ -130,8 +153,11 @@ def test_worker_that_keeps_running_out_of_memory_is_replaced(stack):
     for _ in range(3):  # runtime.OOM_EXIT_AFTER consecutive failures
         rec = run(client, "bert-capped", {"texts": [LONG_TEXT] * OOM_BATCH}, expect="failed")
         assert rec["error"]["type"] == "out_of_memory"
-    new_pid = wait_for(lambda: (p := serving_pid(fleet, "bert-capped")) != pid and p, 120,
-                       what="a fresh pool process")
+    new_pid = wait_for(
+        lambda: (p := serving_pid(fleet, "bert-capped")) != pid and p,
+        120,
+        what="a fresh pool process",
+    )
     assert new_pid != pid
     run(client, "bert-capped", {"text": "great"})
 
@@ -144,8 +170,11 @@ def test_worker_past_its_memory_ceiling_finishes_the_job_and_is_replaced(stack, 
     first = serving_pid(fleet, "bert-ceiling")
     rec = run(client, "bert-ceiling", {"text": "great"})
     assert rec["output"]["labels"]  # the job finished before the process was replaced
-    second = wait_for(lambda: (p := serving_pid(fleet, "bert-ceiling")) != first and p, 120,
-                      what="a fresh pool process")
+    second = wait_for(
+        lambda: (p := serving_pid(fleet, "bert-ceiling")) != first and p,
+        120,
+        what="a fresh pool process",
+    )
     assert second in worker.pool_pids() and first not in worker.pool_pids()
     assert worker.proc.poll() is None  # the worker itself keeps running
     fresh = next(w for w in fleet.workers("bert-ceiling") if w["pid"] == second)
@@ -157,30 +186,48 @@ def test_worker_past_its_memory_ceiling_finishes_the_job_and_is_replaced(stack, 
 def _cli(args, settings, registry, **env):
     full = {**os.environ, **settings_env(settings), "CONVEYOR_REGISTRY": str(registry), **env}
     full.pop("HF_TOKEN", None)
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], env=full, cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        env=full,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_worker_for_a_model_not_on_disk_exits_with_the_fix(stack, registry, tmp_path):
     _, settings, _ = stack
-    proc = _cli(["worker", "--model", "hub-model"], settings, registry,
-                HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    proc = _cli(
+        ["worker", "--model", "hub-model"],
+        settings,
+        registry,
+        HF_HOME=str(tmp_path / "hf"),
+        HF_HUB_OFFLINE="1",
+    )
     assert proc.returncode != 0
     assert "model hub-model is not on disk" in proc.stderr
     assert "conveyor models pull hub-model" in proc.stderr
     assert "source: {path: /models/hub-model}" in proc.stderr
 
 
-@pytest.mark.parametrize("env, why", [
-    ({"HF_HUB_OFFLINE": "1"}, "offline mode is on (HF_HUB_OFFLINE=1)"),
-    ({"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"},
-     "the Hugging Face hub at http://127.0.0.1:9 is unreachable"),
-])
+@pytest.mark.parametrize(
+    "env, why",
+    [
+        ({"HF_HUB_OFFLINE": "1"}, "offline mode is on (HF_HUB_OFFLINE=1)"),
+        (
+            {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"},
+            "the Hugging Face hub at http://127.0.0.1:9 is unreachable",
+        ),
+    ],
+)
 def test_models_pull_without_the_hub_says_so_and_how_to_use_a_folder(
-        stack, registry, tmp_path, env, why):
+    stack, registry, tmp_path, env, why
+):
     _, settings, _ = stack
-    proc = _cli(["models", "pull", "hub-model"], settings, registry,
-                HF_HOME=str(tmp_path / "hf"), **env)
+    proc = _cli(
+        ["models", "pull", "hub-model"], settings, registry, HF_HOME=str(tmp_path / "hf"), **env
+    )
     assert proc.returncode != 0
     assert "could not download conveyor-tests/never-downloaded" in proc.stderr
     assert why in proc.stderr

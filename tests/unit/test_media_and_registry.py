@@ -13,21 +13,24 @@ from shared.media import check_kind, decode_b64, sniff
 from shared.registry import load_registry, resolve_source
 
 
-@pytest.mark.parametrize("head,mime", [
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff\xe0", "image/jpeg"),
-    (b"GIF89a", "image/gif"),
-    (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "image/webp"),
-    (b"RIFF\x00\x00\x00\x00WAVEfmt ", "audio/wav"),
-    (b"fLaC\x00\x00", "audio/flac"),
-    (b"OggS\x00\x02", "audio/ogg"),
-    (b"ID3\x04\x00", "audio/mpeg"),
-    (b"\x00\x00\x00\x18ftypisom", "video/mp4"),
-    (b"\x00\x00\x00\x18ftypM4A ", "audio/mp4"),
-    (b"\x1a\x45\xdf\xa3\x01", "video/webm"),
-    (b"RIFF\x00\x00\x00\x00AVI LIST", "video/x-msvideo"),
-    (b"hello world", None),
-])
+@pytest.mark.parametrize(
+    "head,mime",
+    [
+        (b"\x89PNG\r\n\x1a\n", "image/png"),
+        (b"\xff\xd8\xff\xe0", "image/jpeg"),
+        (b"GIF89a", "image/gif"),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "image/webp"),
+        (b"RIFF\x00\x00\x00\x00WAVEfmt ", "audio/wav"),
+        (b"fLaC\x00\x00", "audio/flac"),
+        (b"OggS\x00\x02", "audio/ogg"),
+        (b"ID3\x04\x00", "audio/mpeg"),
+        (b"\x00\x00\x00\x18ftypisom", "video/mp4"),
+        (b"\x00\x00\x00\x18ftypM4A ", "audio/mp4"),
+        (b"\x1a\x45\xdf\xa3\x01", "video/webm"),
+        (b"RIFF\x00\x00\x00\x00AVI LIST", "video/x-msvideo"),
+        (b"hello world", None),
+    ],
+)
 def test_sniff(head, mime):
     assert sniff(head + b"\x00" * 40) == mime
 
@@ -62,29 +65,40 @@ def test_default_registry_has_the_contract_ids():
     assert resolve_source(registry.get("smollm2-135m")).name.endswith(".gguf")
 
 
-@pytest.mark.parametrize("body,needle", [
-    ("models: {}", "top-level 'models:' list"),
-    ("models:\n  - {id: x, backend: echo, tasks: [fly]}", "unknown tasks"),
-    ("models:\n  - {id: X!, backend: echo, tasks: [echo]}", "model X!"),
-    ("models:\n  - {backend: echo, tasks: [echo]}", "model #0"),
-    ("models:\n  - {id: a, backend: echo, tasks: [echo], quantization: int3}", "model a"),
-    ("models:\n  - {id: a, backend: echo, tasks: [echo], colour: red}", "model a"),
-    ("models:\n  - {id: a, backend: echo, tasks: [echo]}\n  - {id: a, backend: echo, "
-     "tasks: [echo]}", "duplicate"),
-    ("models: [", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        ("models: {}", "top-level 'models:' list"),
+        ("models:\n  - {id: x, backend: echo, tasks: [fly]}", "unknown tasks"),
+        ("models:\n  - {id: X!, backend: echo, tasks: [echo]}", "model X!"),
+        ("models:\n  - {backend: echo, tasks: [echo]}", "model #0"),
+        ("models:\n  - {id: a, backend: echo, tasks: [echo], quantization: int3}", "model a"),
+        ("models:\n  - {id: a, backend: echo, tasks: [echo], colour: red}", "model a"),
+        (
+            "models:\n  - {id: a, backend: echo, tasks: [echo]}\n  - {id: a, backend: echo, "
+            "tasks: [echo]}",
+            "duplicate",
+        ),
+        ("models: [", "not valid YAML"),
+    ],
+)
 def test_registry_errors_name_the_problem(tmp_path, body, needle):
     with pytest.raises(ValueError, match=needle):
         load_registry(write(tmp_path, body))
 
 
 def test_missing_weights_say_how_to_fix(tmp_path):
-    registry = load_registry(write(tmp_path, """
+    registry = load_registry(
+        write(
+            tmp_path,
+            """
         models:
           - {id: local, backend: llamacpp, tasks: [chat], source: {path: /nope/model.gguf}}
           - {id: pkg, backend: llamacpp, tasks: [chat],
              source: {package: no_such_pkg_xyz, file: m.gguf}}
-    """))
+    """,
+        )
+    )
     with pytest.raises(ModelNotAvailable, match="conveyor models pull local"):
         resolve_source(registry.get("local"))
     with pytest.raises(ModelNotAvailable, match="not installed"):
@@ -118,8 +132,12 @@ def test_sampling_defaults_come_from_the_request_then_the_model_then_conveyor():
     from shared.inputs import ChatInput
     from shared.registry import ModelSpec
 
-    spec = ModelSpec(id="m", backend="llamacpp", tasks=["chat"],
-                     options={"sampling": {"temperature": 0, "top_k": 5}})
+    spec = ModelSpec(
+        id="m",
+        backend="llamacpp",
+        tasks=["chat"],
+        options={"sampling": {"temperature": 0, "top_k": 5}},
+    )
     plain = ModelSpec(id="p", backend="llamacpp", tasks=["chat"])
     params = ChatInput(prompt="hi").generation_params(spec)
     assert params["temperature"] == 0 and params["top_k"] == 5 and params["top_p"] == 0.95
@@ -132,16 +150,33 @@ def test_text_over_the_models_input_limit_is_refused_but_media_do_not_count():
     from shared.inputs import parse_input
     from shared.registry import ModelSpec
 
-    spec = ModelSpec(id="small", backend="llamacpp", tasks=["chat"],
-                     limits={"max_input_chars": 100})
+    spec = ModelSpec(
+        id="small", backend="llamacpp", tasks=["chat"], limits={"max_input_chars": 100}
+    )
     image = "data:image/png;base64," + "A" * 5000
-    ok = {"messages": [{"role": "user", "content": [
-        {"type": "text", "text": "x" * 90},
-        {"type": "image_url", "image_url": {"url": image}}]}]}
+    ok = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "x" * 90},
+                    {"type": "image_url", "image_url": {"url": image}},
+                ],
+            }
+        ]
+    }
     assert parse_input("chat", ok, spec)
     with pytest.raises(InvalidInput, match="101 characters of text is over model small's limit"):
         parse_input("chat", {"prompt": "y" * 101}, spec)
     with pytest.raises(InvalidInput, match="over model small's limit") as exc:
-        parse_input("chat", {"messages": [{"role": "user", "content": "z" * 60},
-                                          {"role": "assistant", "content": "z" * 60}]}, spec)
+        parse_input(
+            "chat",
+            {
+                "messages": [
+                    {"role": "user", "content": "z" * 60},
+                    {"role": "assistant", "content": "z" * 60},
+                ]
+            },
+            spec,
+        )
     assert exc.value.param == "input"

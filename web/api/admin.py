@@ -14,11 +14,26 @@ def _services():
 @bp.get("/admin/memory")
 def memory():
     workers = _services().fleet.workers()
-    return jsonify({"workers": [
-        {k: w.get(k) for k in ("worker", "model", "pid", "hostname", "jobs_done",
-                               "current_job", "memory", "at")}
-        for w in workers
-    ]})
+    return jsonify(
+        {
+            "workers": [
+                {
+                    k: w.get(k)
+                    for k in (
+                        "worker",
+                        "model",
+                        "pid",
+                        "hostname",
+                        "jobs_done",
+                        "current_job",
+                        "memory",
+                        "at",
+                    )
+                }
+                for w in workers
+            ]
+        }
+    )
 
 
 @bp.get("/admin/models")
@@ -27,9 +42,13 @@ def models():
     out = []
     for model in svc.jobs.models():
         workers = svc.fleet.workers(model["id"])
-        model["workers"] = [{k: w.get(k) for k in ("worker", "loaded", "load_seconds", "health",
-                                                   "jobs_done", "current_job")}
-                            for w in workers]
+        model["workers"] = [
+            {
+                k: w.get(k)
+                for k in ("worker", "loaded", "load_seconds", "health", "jobs_done", "current_job")
+            }
+            for w in workers
+        ]
         out.append(model)
     return jsonify({"models": out})
 

@@ -60,8 +60,10 @@ class ResponseFormat(_Strict):
             return None
         if self.type == "json_schema":
             if self.json_schema is None:
-                raise InvalidInput("response_format.json_schema: required for type json_schema",
-                                   param="response_format.json_schema")
+                raise InvalidInput(
+                    "response_format.json_schema: required for type json_schema",
+                    param="response_format.json_schema",
+                )
             schema = self.json_schema.schema_
         else:
             schema = self.schema_
@@ -91,20 +93,29 @@ class _Sampled(_Strict):
     def _common_refusals(self) -> list[tuple[str, bool, str]]:
         return [
             ("n", self.n not in (None, 1), "only n=1 is supported"),
-            ("frequency_penalty", bool(self.frequency_penalty),
-             "only 0 is supported; use repeat_penalty (a conveyor extension)"),
-            ("presence_penalty", bool(self.presence_penalty),
-             "only 0 is supported; use repeat_penalty (a conveyor extension)"),
+            (
+                "frequency_penalty",
+                bool(self.frequency_penalty),
+                "only 0 is supported; use repeat_penalty (a conveyor extension)",
+            ),
+            (
+                "presence_penalty",
+                bool(self.presence_penalty),
+                "only 0 is supported; use repeat_penalty (a conveyor extension)",
+            ),
             ("logit_bias", bool(self.logit_bias), "logit_bias is not supported"),
         ]
 
     def _job(self, task: str, model: str | None, inputs: dict[str, Any]) -> JobRequest:
         if not model:
-            raise InvalidInput("model: required (no default model for this task)",
-                               param="model")
-        return JobRequest(model=model, task=task,
-                          input={k: v for k, v in inputs.items() if v is not None},
-                          priority=self.priority, timeout_s=self.timeout_s)
+            raise InvalidInput("model: required (no default model for this task)", param="model")
+        return JobRequest(
+            model=model,
+            task=task,
+            input={k: v for k, v in inputs.items() if v is not None},
+            priority=self.priority,
+            timeout_s=self.timeout_s,
+        )
 
 
 class ChatCompletionRequest(_Sampled):
@@ -152,36 +163,49 @@ class ChatCompletionRequest(_Sampled):
     # ---- the llama.cpp server's (seeds/003) ----
     inference_configs: InferenceConfigs | None = None
     load_model_configs: dict[str, Any] | None = Field(
-        None, description="Accepted and ignored: each model is loaded by its own workers.")
+        None, description="Accepted and ignored: each model is loaded by its own workers."
+    )
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
     def _check(self) -> None:
-        self._refuse(self._common_refusals() + [
-            ("logprobs", bool(self.logprobs), "log probabilities are not supported"),
-            ("top_logprobs", bool(self.top_logprobs), "log probabilities are not supported"),
-            ("audio", self.audio is not None, "audio output is not supported"),
-            ("modalities", bool(self.modalities and set(self.modalities) - {"text"}),
-             "only the text output modality is supported"),
-            ("functions", self.functions is not None, "deprecated; use tools"),
-            ("function_call", self.function_call is not None, "deprecated; use tool_choice"),
-            ("prediction", self.prediction is not None, "predicted outputs are not supported"),
-            ("reasoning_effort", self.reasoning_effort is not None, "not supported"),
-            ("verbosity", self.verbosity is not None, "not supported"),
-            ("web_search_options", self.web_search_options is not None, "web search is not "
-             "supported"),
-        ])
+        self._refuse(
+            self._common_refusals()
+            + [
+                ("logprobs", bool(self.logprobs), "log probabilities are not supported"),
+                ("top_logprobs", bool(self.top_logprobs), "log probabilities are not supported"),
+                ("audio", self.audio is not None, "audio output is not supported"),
+                (
+                    "modalities",
+                    bool(self.modalities and set(self.modalities) - {"text"}),
+                    "only the text output modality is supported",
+                ),
+                ("functions", self.functions is not None, "deprecated; use tools"),
+                ("function_call", self.function_call is not None, "deprecated; use tool_choice"),
+                ("prediction", self.prediction is not None, "predicted outputs are not supported"),
+                ("reasoning_effort", self.reasoning_effort is not None, "not supported"),
+                ("verbosity", self.verbosity is not None, "not supported"),
+                (
+                    "web_search_options",
+                    self.web_search_options is not None,
+                    "web search is not supported",
+                ),
+            ]
+        )
         if isinstance(self.tool_choice, dict):
             name = (self.tool_choice.get("function") or {}).get("name")
             names = {t.function.name for t in self.tools or []}
             if self.tool_choice.get("type") != "function" or not name:
-                raise InvalidInput("tool_choice: expected {'type': 'function', 'function': "
-                                   "{'name': ...}}", param="tool_choice")
+                raise InvalidInput(
+                    "tool_choice: expected {'type': 'function', 'function': {'name': ...}}",
+                    param="tool_choice",
+                )
             if name not in names:
-                raise InvalidInput(f"tool_choice: function {name!r} is not among tools",
-                                   param="tool_choice")
+                raise InvalidInput(
+                    f"tool_choice: function {name!r} is not among tools", param="tool_choice"
+                )
         elif self.tool_choice == "required" and not self.tools:
             raise InvalidInput("tool_choice: 'required' needs tools", param="tool_choice")
 
@@ -193,21 +217,26 @@ class ChatCompletionRequest(_Sampled):
         self._check()
         conf = self.inference_configs or InferenceConfigs()
         first = _first_set
-        return self._job("chat", self.model or default_model, {
-            "messages": [_message(m) for m in self.messages],
-            "max_tokens": first(self.max_completion_tokens, self.max_tokens, conf.max_tokens),
-            "temperature": first(self.temperature, conf.temperature),
-            "top_p": first(self.top_p, conf.top_p),
-            "top_k": first(self.top_k, conf.top_k),
-            "stop": first(self.stop, conf.stop),
-            "seed": first(self.seed, conf.seed),
-            "repeat_penalty": first(self.repeat_penalty, conf.repeat_penalty),
-            "tools": [t.model_dump(exclude_none=True) for t in self.tools] if self.tools
-            else None,
-            "tool_choice": self.tool_choice if self.tools else None,
-            "response_format": self.response_format.for_job() if self.response_format else None,
-            "stream": True if self.stream else None,
-        })
+        return self._job(
+            "chat",
+            self.model or default_model,
+            {
+                "messages": [_message(m) for m in self.messages],
+                "max_tokens": first(self.max_completion_tokens, self.max_tokens, conf.max_tokens),
+                "temperature": first(self.temperature, conf.temperature),
+                "top_p": first(self.top_p, conf.top_p),
+                "top_k": first(self.top_k, conf.top_k),
+                "stop": first(self.stop, conf.stop),
+                "seed": first(self.seed, conf.seed),
+                "repeat_penalty": first(self.repeat_penalty, conf.repeat_penalty),
+                "tools": [t.model_dump(exclude_none=True) for t in self.tools]
+                if self.tools
+                else None,
+                "tool_choice": self.tool_choice if self.tools else None,
+                "response_format": self.response_format.for_job() if self.response_format else None,
+                "stream": True if self.stream else None,
+            },
+        )
 
 
 class CompletionRequest(_Sampled):
@@ -250,19 +279,34 @@ class CompletionRequest(_Sampled):
 
         :raises InvalidInput: for parameters conveyor refuses.
         """
-        self._refuse(self._common_refusals() + [
-            ("prompt", isinstance(self.prompt, list) and len(self.prompt) != 1,
-             "send exactly one prompt per request"),
-            ("best_of", self.best_of not in (None, 1), "only best_of=1 is supported"),
-            ("logprobs", self.logprobs is not None, "log probabilities are not supported"),
-            ("suffix", bool(self.suffix), "suffix (fill-in-the-middle) is not supported"),
-        ])
-        return self._job("complete", self.model or default_model, {
-            "prompt": self.text, "max_tokens": self.max_tokens,
-            "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
-            "stop": self.stop, "seed": self.seed, "repeat_penalty": self.repeat_penalty,
-            "stream": True if self.stream else None,
-        })
+        self._refuse(
+            self._common_refusals()
+            + [
+                (
+                    "prompt",
+                    isinstance(self.prompt, list) and len(self.prompt) != 1,
+                    "send exactly one prompt per request",
+                ),
+                ("best_of", self.best_of not in (None, 1), "only best_of=1 is supported"),
+                ("logprobs", self.logprobs is not None, "log probabilities are not supported"),
+                ("suffix", bool(self.suffix), "suffix (fill-in-the-middle) is not supported"),
+            ]
+        )
+        return self._job(
+            "complete",
+            self.model or default_model,
+            {
+                "prompt": self.text,
+                "max_tokens": self.max_tokens,
+                "temperature": self.temperature,
+                "top_p": self.top_p,
+                "top_k": self.top_k,
+                "stop": self.stop,
+                "seed": self.seed,
+                "repeat_penalty": self.repeat_penalty,
+                "stream": True if self.stream else None,
+            },
+        )
 
 
 class EmbeddingRequest(_Strict):
@@ -283,15 +327,17 @@ class EmbeddingRequest(_Strict):
         """
         model = self.model or default_model
         if self.dimensions is not None:
-            raise unsupported("dimensions", f"model {model} does not support 'dimensions'; it "
-                              f"returns embeddings of its native size (leave it out)")
+            raise unsupported(
+                "dimensions",
+                f"model {model} does not support 'dimensions'; it "
+                f"returns embeddings of its native size (leave it out)",
+            )
         texts = [self.input] if isinstance(self.input, str) else self.input
         if not texts:
             raise InvalidInput("input: must not be empty", param="input")
         if not model:
             raise InvalidInput("model: required", param="model")
-        return JobRequest(model=model, task="embed", input={"texts": texts},
-                          priority=self.priority)
+        return JobRequest(model=model, task="embed", input={"texts": texts}, priority=self.priority)
 
 
 class TranscriptionRequest(_Strict):
@@ -317,12 +363,18 @@ class TranscriptionRequest(_Strict):
         if not audio:
             raise InvalidInput("file: required (the audio to transcribe)", param="file")
         checks = [
-            ("response_format", self.response_format in ("srt", "vtt"),
-             "only json, text and verbose_json are supported"),
+            (
+                "response_format",
+                self.response_format in ("srt", "vtt"),
+                "only json, text and verbose_json are supported",
+            ),
             ("stream", bool(self.stream), "streamed transcription is not supported"),
             ("temperature", bool(self.temperature), "only 0 (greedy decoding) is supported"),
-            ("timestamp_granularities", bool(self.timestamp_granularities),
-             "timestamps are not supported"),
+            (
+                "timestamp_granularities",
+                bool(self.timestamp_granularities),
+                "timestamps are not supported",
+            ),
             ("chunking_strategy", self.chunking_strategy is not None, "not supported"),
             ("include", bool(self.include), "not supported"),
         ]
@@ -330,8 +382,7 @@ class TranscriptionRequest(_Strict):
             if refused:
                 raise unsupported(param, why)
         inputs = {k: v for k, v in (("language", self.language), ("prompt", self.prompt)) if v}
-        return (JobRequest(model=self.model, task="transcribe", input=inputs),
-                {"audio": [audio]})
+        return (JobRequest(model=self.model, task="transcribe", input=inputs), {"audio": [audio]})
 
 
 def _message(message: Message) -> dict[str, Any]:

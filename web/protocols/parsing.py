@@ -36,8 +36,11 @@ def parse_model(cls: type[M], body: Any) -> M:
         err = exc.errors()[0]
         param = field_path(err["loc"]) or None
         if err["type"] == "extra_forbidden":
-            raise InvalidInput(f"Unrecognized request argument supplied: {param}",
-                               param=param, code="unrecognized_argument") from None
+            raise InvalidInput(
+                f"Unrecognized request argument supplied: {param}",
+                param=param,
+                code="unrecognized_argument",
+            ) from None
         message = err["msg"].removeprefix("Value error, ")
         raise InvalidInput(f"{param}: {message}" if param else message, param=param) from None
 

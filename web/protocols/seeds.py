@@ -20,14 +20,27 @@ from web.service import JobRequest
 
 # The pipeline names the lightweight server (seeds/000) gave its model types.
 PIPELINE = {
-    "chat": "text-generation", "complete": "text-generation", "embed": "feature-extraction",
-    "classify": "text-classification", "vqa": "visual-question-answering",
-    "transcribe": "automatic-speech-recognition", "echo": "echo",
+    "chat": "text-generation",
+    "complete": "text-generation",
+    "embed": "feature-extraction",
+    "classify": "text-classification",
+    "vqa": "visual-question-answering",
+    "transcribe": "automatic-speech-recognition",
+    "echo": "echo",
 }
 # The AI Model Server's (seeds/002) model types.
-KIND = {"llamacpp": "text", "transformers": "text", "qwen_vl": "vision", "blip_vqa": "vision",
-        "whisper": "audio", "qwen_audio": "audio", "qwen_omni": "omni",
-        "sentence_transformers": "embedding", "classifier": "classification", "echo": "echo"}
+KIND = {
+    "llamacpp": "text",
+    "transformers": "text",
+    "qwen_vl": "vision",
+    "blip_vqa": "vision",
+    "whisper": "audio",
+    "qwen_audio": "audio",
+    "qwen_omni": "omni",
+    "sentence_transformers": "embedding",
+    "classifier": "classification",
+    "echo": "echo",
+}
 QUANT_BITS = {"int8": 8, "nf4": 4, "fp4": 4}
 GB = 1024**3
 
@@ -36,9 +49,15 @@ class _Legacy(BaseModel):
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
 
-def job_for(spec: ModelSpec, prompt: str | None, *, media: dict[str, str] | None = None,
-            sampling: dict[str, Any] | None = None, system_prompt: str | None = None,
-            conversation: bool = True) -> JobRequest:
+def job_for(
+    spec: ModelSpec,
+    prompt: str | None,
+    *,
+    media: dict[str, str] | None = None,
+    sampling: dict[str, Any] | None = None,
+    system_prompt: str | None = None,
+    conversation: bool = True,
+) -> JobRequest:
     """Return the job that runs a prompt (and media) on a model, whatever its task.
 
     :raises InvalidInput: when the model's task needs a prompt or media that is missing.
@@ -47,13 +66,21 @@ def job_for(spec: ModelSpec, prompt: str | None, *, media: dict[str, str] | None
     sampling = {k: v for k, v in (sampling or {}).items() if v is not None}
     tasks = spec.tasks
     if "chat" in tasks and (conversation or "complete" not in tasks):
-        task, inputs = "chat", {"prompt": prompt, "system_prompt": system_prompt, **media,
-                                **sampling}
+        task, inputs = (
+            "chat",
+            {"prompt": prompt, "system_prompt": system_prompt, **media, **sampling},
+        )
     elif "complete" in tasks:
         task, inputs = "complete", {"prompt": prompt, **sampling}
     elif "vqa" in tasks:
-        task, inputs = "vqa", {"image": media.get("image"), "question": prompt,
-                               "max_tokens": sampling.get("max_tokens")}
+        task, inputs = (
+            "vqa",
+            {
+                "image": media.get("image"),
+                "question": prompt,
+                "max_tokens": sampling.get("max_tokens"),
+            },
+        )
     elif "transcribe" in tasks:
         return JobRequest(model=spec.id, task="transcribe", input={"audio": media.get("audio")})
     elif "classify" in tasks:
@@ -62,8 +89,9 @@ def job_for(spec: ModelSpec, prompt: str | None, *, media: dict[str, str] | None
         task, inputs = tasks[0], {"prompt": prompt, **media, **sampling}
     if prompt is None and task != "echo":
         raise InvalidInput("prompt: required", param="prompt")
-    return JobRequest(model=spec.id, task=task,
-                      input={k: v for k, v in inputs.items() if v is not None})
+    return JobRequest(
+        model=spec.id, task=task, input={k: v for k, v in inputs.items() if v is not None}
+    )
 
 
 def answer_text(job: JobRecord) -> str:
@@ -91,10 +119,12 @@ class GenerateMedia(_Legacy):
 
     def to_job_request(self, spec: ModelSpec) -> JobRequest:
         """Return the job for this request on the named model."""
-        return job_for(spec, self.prompt,
-                       media={"image": self.image, "audio": self.audio, "video": self.video},
-                       sampling={"max_tokens": self.max_new_tokens,
-                                 "temperature": self.temperature})
+        return job_for(
+            spec,
+            self.prompt,
+            media={"image": self.image, "audio": self.audio, "video": self.video},
+            sampling={"max_tokens": self.max_new_tokens, "temperature": self.temperature},
+        )
 
 
 def generate_media_answer(job: JobRecord) -> dict[str, Any]:
@@ -113,19 +143,28 @@ def memory_status(workers: list[dict[str, Any]], max_memory_mb: int | None) -> d
         reserved += cuda.get("reserved_bytes") or 0
         if max_memory_mb and rss > 0.9 * max_memory_mb * 1024**2:
             warning = True
-        rows.append({"worker": w.get("worker"), "model": w.get("model"),
-                     "rss_gb": round(rss / GB, 3), "gpu": cuda.get("device"),
-                     "gpu_allocated_gb": round((cuda.get("allocated_bytes") or 0) / GB, 3),
-                     "gpu_reserved_gb": round((cuda.get("reserved_bytes") or 0) / GB, 3)})
+        rows.append(
+            {
+                "worker": w.get("worker"),
+                "model": w.get("model"),
+                "rss_gb": round(rss / GB, 3),
+                "gpu": cuda.get("device"),
+                "gpu_allocated_gb": round((cuda.get("allocated_bytes") or 0) / GB, 3),
+                "gpu_reserved_gb": round((cuda.get("reserved_bytes") or 0) / GB, 3),
+            }
+        )
     gpu = any(r["gpu"] for r in rows)
     return {
-        "timestamp": int(time.time()), "gpu_available": gpu,
+        "timestamp": int(time.time()),
+        "gpu_available": gpu,
         "gpu_total_gb": None,  # workers report what they hold, not the device's size
         "gpu_allocated_gb": round(allocated / GB, 3) if gpu else 0.0,
         "gpu_reserved_gb": round(reserved / GB, 3) if gpu else 0.0,
         "gpu_free_gb": None,
-        "memory_warning": warning, "multimodal_safe": not warning,
-        "rss_total_gb": round(sum(r["rss_gb"] for r in rows), 3), "workers": rows,
+        "memory_warning": warning,
+        "multimodal_safe": not warning,
+        "rss_total_gb": round(sum(r["rss_gb"] for r in rows), 3),
+        "workers": rows,
     }
 
 
@@ -137,10 +176,15 @@ def model_status(models: list[dict[str, Any]], specs: dict[str, ModelSpec]) -> d
         spec = specs[m["id"]]
         configs[m["id"]] = {
             "type": KIND.get(spec.backend, PIPELINE.get(spec.tasks[0], spec.tasks[0])),
-            "path": m["source"], "path_exists": _on_disk(spec),
-            "quant_bits": QUANT_BITS.get(spec.quantization), "backend": spec.backend,
-            "tasks": spec.tasks, "aliases": m.get("aliases", []), "loaded": m["loaded"],
-            "workers_online": m["workers_online"], "queue_depth": m["queue_depth"],
+            "path": m["source"],
+            "path_exists": _on_disk(spec),
+            "quant_bits": QUANT_BITS.get(spec.quantization),
+            "backend": spec.backend,
+            "tasks": spec.tasks,
+            "aliases": m.get("aliases", []),
+            "loaded": m["loaded"],
+            "workers_online": m["workers_online"],
+            "queue_depth": m["queue_depth"],
         }
     return {"timestamp": int(time.time()), "available_models": names, "model_configs": configs}
 
@@ -170,12 +214,20 @@ def lightweight_answer(job: JobRecord) -> dict[str, Any]:
 
 def lightweight_models(models: list[dict[str, Any]]) -> dict[str, Any]:
     """Return GET /models: {"models": [{name, type, parameters, ...}]}."""
-    return {"models": [{
-        "name": m["id"], "type": PIPELINE.get(m["tasks"][0], m["tasks"][0]),
-        "parameters": None,  # the registry does not record parameter counts
-        "description": m["description"], "aliases": m.get("aliases", []),
-        "loaded": m["loaded"], "workers_online": m["workers_online"],
-    } for m in models]}
+    return {
+        "models": [
+            {
+                "name": m["id"],
+                "type": PIPELINE.get(m["tasks"][0], m["tasks"][0]),
+                "parameters": None,  # the registry does not record parameter counts
+                "description": m["description"],
+                "aliases": m.get("aliases", []),
+                "loaded": m["loaded"],
+                "workers_online": m["workers_online"],
+            }
+            for m in models
+        ]
+    }
 
 
 # the BitNet server (seeds/001)
@@ -195,17 +247,27 @@ class BitNetGenerate(_Legacy):
 
     def to_job_request(self, spec: ModelSpec) -> JobRequest:
         """Return the job: chat in conversation mode, else a raw completion when possible."""
-        return job_for(spec, self.prompt, system_prompt=self.system_prompt,
-                       conversation=self.conversation_mode,
-                       sampling={"max_tokens": self.max_tokens,
-                                 "temperature": self.temperature, "top_p": self.top_p})
+        return job_for(
+            spec,
+            self.prompt,
+            system_prompt=self.system_prompt,
+            conversation=self.conversation_mode,
+            sampling={
+                "max_tokens": self.max_tokens,
+                "temperature": self.temperature,
+                "top_p": self.top_p,
+            },
+        )
 
 
 def bitnet_answer(job: JobRecord) -> dict[str, Any]:
-    return {"generated_text": answer_text(job),
-            "tokens_generated": job.metrics.completion_tokens or 0,
-            "tokens_processed": job.metrics.prompt_tokens or 0,
-            "model": job.model, "job_id": job.id}
+    return {
+        "generated_text": answer_text(job),
+        "tokens_generated": job.metrics.completion_tokens or 0,
+        "tokens_processed": job.metrics.prompt_tokens or 0,
+        "model": job.model,
+        "job_id": job.id,
+    }
 
 
 # the llama.cpp server (seeds/003); its POST /chat/completions is the OpenAI route's
@@ -216,8 +278,10 @@ class SetModel(_Legacy):
     load_model_configs: dict[str, Any] | None = None
 
 
-LOAD_CONFIGS_NOTE = ("load_model_configs are not applied here: each worker loads its model "
-                     "once, with the options of its models.yaml entry")
+LOAD_CONFIGS_NOTE = (
+    "load_model_configs are not applied here: each worker loads its model "
+    "once, with the options of its models.yaml entry"
+)
 
 
 def set_model_answer(spec: ModelSpec, req: SetModel) -> dict[str, Any]:
@@ -228,5 +292,9 @@ def set_model_answer(spec: ModelSpec, req: SetModel) -> dict[str, Any]:
 
 
 def restore_cache_answer(job: JobRecord) -> dict[str, Any]:
-    return {"message": "Cache restored", "model": job.model, "job_id": job.id,
-            "prompt_tokens": job.metrics.prompt_tokens}
+    return {
+        "message": "Cache restored",
+        "model": job.model,
+        "job_id": job.id,
+        "prompt_tokens": job.metrics.prompt_tokens,
+    }

@@ -50,20 +50,24 @@ class WhisperBackend(HFBackend):
 
     def _warm_up(self) -> None:
         rate = self.processor.feature_extractor.sampling_rate
-        feats = self.processor.feature_extractor(np.zeros(rate, np.float32), sampling_rate=rate,
-                                                 return_tensors="pt")
+        feats = self.processor.feature_extractor(
+            np.zeros(rate, np.float32), sampling_rate=rate, return_tensors="pt"
+        )
         feats = to_device(dict(feats), input_device(self.model), self.model.dtype)
         self.model.generate(**feats, max_new_tokens=1)
 
     def transcribe(self, inputs: TranscribeInput, ctx: JobContext) -> Result:
         """Transcribe speech, 30-second window by window; cancellable between windows."""
         rate = self.processor.feature_extractor.sampling_rate
-        samples = decode_audio(ctx.media(inputs.audio.model_dump()), rate, self.spec.limits,
-                               "input.audio")
+        samples = decode_audio(
+            ctx.media(inputs.audio.model_dump()), rate, self.spec.limits, "input.audio"
+        )
         window = WHISPER_WINDOW_S * rate
-        chunks = [samples[i:i + window] for i in range(0, len(samples), window)]
-        gen: dict[str, Any] = {"task": "transcribe",
-                               "max_new_tokens": inputs.max_tokens or self._max_new_tokens()}
+        chunks = [samples[i : i + window] for i in range(0, len(samples), window)]
+        gen: dict[str, Any] = {
+            "task": "transcribe",
+            "max_new_tokens": inputs.max_tokens or self._max_new_tokens(),
+        }
         if inputs.language:
             gen["language"] = inputs.language
         if inputs.prompt:
@@ -80,14 +84,19 @@ class WhisperBackend(HFBackend):
             if len(chunks) > 1:
                 ctx.progress(n + 1, len(chunks))
         elapsed = time.perf_counter() - t0
-        output = {"text": " ".join(t for t in texts if t).strip(),
-                  "duration": round(len(samples) / rate, 3)}
+        output = {
+            "text": " ".join(t for t in texts if t).strip(),
+            "duration": round(len(samples) / rate, 3),
+        }
         if inputs.language:
             output["language"] = inputs.language
-        return Result(output, {
-            "completion_tokens": tokens,
-            "tokens_per_second": tokens_per_second(tokens, elapsed),
-        })
+        return Result(
+            output,
+            {
+                "completion_tokens": tokens,
+                "tokens_per_second": tokens_per_second(tokens, elapsed),
+            },
+        )
 
     def _max_new_tokens(self) -> int:
         # Whisper's decoder holds max_target_positions tokens, a few taken by the prompt.
@@ -100,8 +109,11 @@ class WhisperBackend(HFBackend):
         try:
             with torch.inference_mode(), typed_out_of_memory():
                 out = self.model.generate(
-                    **feats, **gen, return_dict_in_generate=True,
-                    stopping_criteria=StoppingCriteriaList([StopWhenAsked(ctx)]))
+                    **feats,
+                    **gen,
+                    return_dict_in_generate=True,
+                    stopping_criteria=StoppingCriteriaList([StopWhenAsked(ctx)]),
+                )
         except ValueError as exc:  # an unknown language code, say
             raise InputRejected(f"whisper: {exc}") from exc
         tokens = out.sequences[0]
@@ -140,12 +152,25 @@ class QwenAudioBackend(HFBackend):
         prompt = inputs.prompt or self.spec.options.get("transcribe_prompt") or TRANSCRIBE_PROMPT
         if inputs.language:
             prompt += f" The language is {inputs.language}."
-        messages = [{"role": "user", "content": [
-            {"type": "audio", "audio": inputs.audio.model_dump()},
-            {"type": "text", "text": prompt}]}]
+        messages = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "audio", "audio": inputs.audio.model_dump()},
+                    {"type": "text", "text": prompt},
+                ],
+            }
+        ]
         max_tokens = inputs.max_tokens or min(256, self.spec.limits.max_tokens)
-        params = {"max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0, "top_k": 0,
-                  "stop": [], "seed": None, "repeat_penalty": 1.0}
+        params = {
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "top_p": 1.0,
+            "top_k": 0,
+            "stop": [],
+            "seed": None,
+            "repeat_penalty": 1.0,
+        }
         result = self._answer(messages, params, ctx)
         result.output.pop("finish_reason", None)
         return result
@@ -153,11 +178,15 @@ class QwenAudioBackend(HFBackend):
     def _answer(self, messages: list[dict], params: dict, ctx: JobContext) -> Result:
         messages, media = split_media(messages, ("audio",), self.spec.id)
         rate = self.processor.feature_extractor.sampling_rate
-        audios = [decode_audio(ctx.media(ref), rate, self.spec.limits, f"audio #{n + 1}")
-                  for n, (_, ref) in enumerate(media)]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True,
-                                                  tokenize=False)
-        batch = self.processor(text=text, audio=audios or None, sampling_rate=rate,
-                               return_tensors="pt")
+        audios = [
+            decode_audio(ctx.media(ref), rate, self.spec.limits, f"audio #{n + 1}")
+            for n, (_, ref) in enumerate(media)
+        ]
+        text = self.processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+        batch = self.processor(
+            text=text, audio=audios or None, sampling_rate=rate, return_tensors="pt"
+        )
         batch = to_device(dict(batch), input_device(self.model), self.model.dtype)
         return generate(self.model, self.processor.tokenizer, batch, params, ctx)

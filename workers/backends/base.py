@@ -29,9 +29,14 @@ class JobContext:
     """A running job as a backend sees it: media, events, and when to stop."""
 
     def __init__(
-        self, job_id: str, *, read_media: Callable[[str], bytes],
-        emit: Callable[[str, dict], None], stop_requested: Callable[[], bool],
-        deadline: float | None, check_interval_s: float,
+        self,
+        job_id: str,
+        *,
+        read_media: Callable[[str], bytes],
+        emit: Callable[[str, dict], None],
+        stop_requested: Callable[[], bool],
+        deadline: float | None,
+        check_interval_s: float,
         media_path: Callable[[str], str | None] = lambda ref: None,
     ) -> None:
         self.job_id = job_id
@@ -88,7 +93,8 @@ class Backend:
         if unknown:
             raise ModelNotAvailable(
                 f"model {spec.id}: backend {spec.backend} cannot run tasks {unknown}; it runs "
-                f"{list(self.tasks)} (fix `tasks` in the registry)")
+                f"{list(self.tasks)} (fix `tasks` in the registry)"
+            )
         self.spec = spec
         self.settings = settings
         self.loaded = False

@@ -41,8 +41,7 @@ class BlipVqaBackend(HFBackend):
     def _warm_up(self) -> None:
         from PIL import Image
 
-        batch = self.processor(images=Image.new("RGB", (32, 32)), text="what?",
-                               return_tensors="pt")
+        batch = self.processor(images=Image.new("RGB", (32, 32)), text="what?", return_tensors="pt")
         batch = to_device(dict(batch), input_device(self.model), self.model.dtype)
         self.model.generate(**batch, max_new_tokens=1)
 
@@ -55,13 +54,19 @@ class BlipVqaBackend(HFBackend):
         t0 = time.perf_counter()
         with torch.inference_mode(), typed_out_of_memory():
             out = self.model.generate(
-                **batch, max_new_tokens=max_tokens, do_sample=False,
+                **batch,
+                max_new_tokens=max_tokens,
+                do_sample=False,
                 stopping_criteria=StoppingCriteriaList([StopWhenAsked(ctx)]),
             )
         elapsed = time.perf_counter() - t0
         text = self.processor.decode(out[0], skip_special_tokens=True).strip()
         tokens = int(out.shape[-1])
-        return Result({"text": text}, {
-            "prompt_tokens": int(batch["input_ids"].shape[-1]), "completion_tokens": tokens,
-            "tokens_per_second": tokens_per_second(tokens, elapsed),
-        })
+        return Result(
+            {"text": text},
+            {
+                "prompt_tokens": int(batch["input_ids"].shape[-1]),
+                "completion_tokens": tokens,
+                "tokens_per_second": tokens_per_second(tokens, elapsed),
+            },
+        )

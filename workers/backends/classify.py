@@ -36,15 +36,20 @@ class ClassifierBackend(HFBackend):
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         # The label head stays unquantized: it is tiny, and bitsandbytes' CPU 4-bit
         # kernels need output widths in blocks of 32, which a 2-label head is not.
-        self.model = load_model(AutoModelForSequenceClassification, self.spec, path,
-                                skip_modules=HEADS)
-        self.labels = [self.model.config.id2label[i]
-                       for i in range(self.model.config.num_labels)]
+        self.model = load_model(
+            AutoModelForSequenceClassification, self.spec, path, skip_modules=HEADS
+        )
+        self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         self.multi_label = self.model.config.problem_type == "multi_label_classification"
-        self.max_length = min(int(self.spec.options.get("max_length") or 512),
-                              self.tokenizer.model_max_length)
-        warm_up(self.spec, lambda: self.model(
-            **self.tokenizer(["warm up"], return_tensors="pt").to(input_device(self.model))))
+        self.max_length = min(
+            int(self.spec.options.get("max_length") or 512), self.tokenizer.model_max_length
+        )
+        warm_up(
+            self.spec,
+            lambda: self.model(
+                **self.tokenizer(["warm up"], return_tensors="pt").to(input_device(self.model))
+            ),
+        )
         cap_address_space(self.spec)
         self.loaded = True
 
@@ -64,8 +69,13 @@ class ClassifierBackend(HFBackend):
         for start in range(0, len(texts), size):
             if ctx.should_stop():
                 break
-            enc = self.tokenizer(texts[start:start + size], padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt")
+            enc = self.tokenizer(
+                texts[start : start + size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
             tokens += int(enc["attention_mask"].sum())
             enc = {k: v.to(input_device(self.model)) for k, v in enc.items()}
             with torch.inference_mode(), typed_out_of_memory():
@@ -73,8 +83,11 @@ class ClassifierBackend(HFBackend):
             probs = torch.sigmoid(logits) if self.multi_label else logits.softmax(-1)
             results.extend(self._ranked(row, top_k) for row in probs.tolist())
             del enc, logits, probs
-        output = ({"labels": results[0]} if inputs.text is not None and results
-                  else {"results": [{"labels": r} for r in results]})
+        output = (
+            {"labels": results[0]}
+            if inputs.text is not None and results
+            else {"results": [{"labels": r} for r in results]}
+        )
         log.debug("classified %s texts in %.3fs", len(results), time.perf_counter() - t0)
         return Result(output, {"prompt_tokens": tokens})
 

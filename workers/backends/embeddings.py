@@ -39,8 +39,9 @@ class EmbeddingsBackend(Backend):
         try:
             self.model = SentenceTransformer(str(path), device=self.device, model_kwargs=kwargs)
         except (OSError, ValueError, ImportError) as exc:
-            raise ModelNotAvailable(f"model {self.spec.id} failed to load from {path}: "
-                                    f"{exc}") from exc
+            raise ModelNotAvailable(
+                f"model {self.spec.id} failed to load from {path}: {exc}"
+            ) from exc
         self.model.eval()
         self.dimensions = self.model.get_embedding_dimension()
         warm_up(self.spec, lambda: self.model.encode(["warm up"], show_progress_bar=False))
@@ -50,9 +51,12 @@ class EmbeddingsBackend(Backend):
     def health(self) -> dict[str, Any]:
         info = super().health()
         if self.loaded:
-            info.update(dimensions=self.dimensions, device=self.device,
-                        quantization=self.spec.quantization,
-                        max_seq_length=self.model.max_seq_length)
+            info.update(
+                dimensions=self.dimensions,
+                device=self.device,
+                quantization=self.spec.quantization,
+                max_seq_length=self.model.max_seq_length,
+            )
         return info
 
     def close(self) -> None:
@@ -69,12 +73,18 @@ class EmbeddingsBackend(Backend):
         for start in range(0, len(texts), size):
             if ctx.should_stop():
                 break
-            batch = texts[start:start + size]
+            batch = texts[start : start + size]
             tokens += self._count_tokens(batch)
             with torch.inference_mode(), typed_out_of_memory():
-                parts.append(self.model.encode(
-                    batch, batch_size=size, normalize_embeddings=inputs.normalize,
-                    convert_to_numpy=True, show_progress_bar=False))
+                parts.append(
+                    self.model.encode(
+                        batch,
+                        batch_size=size,
+                        normalize_embeddings=inputs.normalize,
+                        convert_to_numpy=True,
+                        show_progress_bar=False,
+                    )
+                )
         elapsed = time.perf_counter() - t0
         vectors = np.concatenate(parts) if parts else np.zeros((0, self.dimensions))
         log.debug("embedded %s texts in %.3fs", len(vectors), elapsed)

@@ -55,8 +55,9 @@ def sampling_kwargs(params: dict[str, Any], tokenizer) -> dict[str, Any]:
         "repetition_penalty": params["repeat_penalty"],
     }
     if sample:
-        kwargs.update(temperature=params["temperature"], top_p=params["top_p"],
-                      top_k=params["top_k"] or None)
+        kwargs.update(
+            temperature=params["temperature"], top_p=params["top_p"], top_k=params["top_k"] or None
+        )
     else:  # greedy: clear any sampling defaults the checkpoint's generation_config carries
         kwargs.update(temperature=None, top_p=None, top_k=None)
     if params["stop"]:
@@ -69,8 +70,16 @@ def _trim_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def generate(model, tokenizer, inputs: dict[str, Any], params: dict[str, Any],
-             ctx: JobContext, *, decoder=None, **extra) -> Result:
+def generate(
+    model,
+    tokenizer,
+    inputs: dict[str, Any],
+    params: dict[str, Any],
+    ctx: JobContext,
+    *,
+    decoder=None,
+    **extra,
+) -> Result:
     """Run generate() on prepared inputs, streaming tokens; return {text, finish_reason}.
 
     `decoder` is the object with `decode()` (a processor or tokenizer); it defaults to
@@ -84,7 +93,10 @@ def generate(model, tokenizer, inputs: dict[str, Any], params: dict[str, Any],
     t0 = time.perf_counter()
     with torch.inference_mode(), typed_out_of_memory():
         out = model.generate(
-            **inputs, **sampling_kwargs(params, tokenizer), **extra, streamer=streamer,
+            **inputs,
+            **sampling_kwargs(params, tokenizer),
+            **extra,
+            streamer=streamer,
             stopping_criteria=StoppingCriteriaList([StopWhenAsked(ctx)]),
         )
     elapsed = time.perf_counter() - t0
@@ -100,11 +112,14 @@ def generate(model, tokenizer, inputs: dict[str, Any], params: dict[str, Any],
     else:
         finish = "length"
     del out, sequences, new_tokens
-    return Result({"text": text, "finish_reason": finish}, {
-        "prompt_tokens": prompt_len,
-        "completion_tokens": completion,
-        "tokens_per_second": tokens_per_second(completion, elapsed),
-    })
+    return Result(
+        {"text": text, "finish_reason": finish},
+        {
+            "prompt_tokens": prompt_len,
+            "completion_tokens": completion,
+            "tokens_per_second": tokens_per_second(completion, elapsed),
+        },
+    )
 
 
 def to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype | None = None):

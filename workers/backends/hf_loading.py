@@ -37,8 +37,9 @@ def device_of(spec: ModelSpec) -> str:
     if wanted == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if wanted.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelNotAvailable(f"model {spec.id} asks for device {wanted} but CUDA is not "
-                                f"available on this machine")
+        raise ModelNotAvailable(
+            f"model {spec.id} asks for device {wanted} but CUDA is not available on this machine"
+        )
     return wanted
 
 
@@ -52,8 +53,9 @@ def dtype_of(spec: ModelSpec, device: str) -> torch.dtype:
     try:
         return DTYPES[name]
     except KeyError:
-        raise ModelNotAvailable(f"model {spec.id}: unknown dtype {name!r}; "
-                                f"use auto or one of {sorted(DTYPES)}") from None
+        raise ModelNotAvailable(
+            f"model {spec.id}: unknown dtype {name!r}; use auto or one of {sorted(DTYPES)}"
+        ) from None
 
 
 def quantization_config(spec: ModelSpec, dtype: torch.dtype, skip: list[str] | None = None):
@@ -69,8 +71,10 @@ def quantization_config(spec: ModelSpec, dtype: torch.dtype, skip: list[str] | N
     if spec.quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type=spec.quantization,
-        bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True,
+        load_in_4bit=True,
+        bnb_4bit_quant_type=spec.quantization,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_use_double_quant=True,
         llm_int8_skip_modules=skip,
     )
 
@@ -97,16 +101,23 @@ def weights_path(spec: ModelSpec) -> Path:
     return path
 
 
-def load_model(cls, spec: ModelSpec, path: Path | str, *,
-               skip_modules: list[str] | None = None, **extra):
+def load_model(
+    cls, spec: ModelSpec, path: Path | str, *, skip_modules: list[str] | None = None, **extra
+):
     """Load a model class from a folder with the spec's quantization, dtype and device.
 
     :raises ModelNotAvailable: when the files are unusable or bitsandbytes is missing.
     """
     kwargs = {**load_kwargs(spec, skip_modules), **extra}
-    log.info("model %s: loading %s from %s (quantization=%s dtype=%s device_map=%s)",
-             spec.id, cls.__name__, path, spec.quantization, kwargs["dtype"],
-             kwargs["device_map"])
+    log.info(
+        "model %s: loading %s from %s (quantization=%s dtype=%s device_map=%s)",
+        spec.id,
+        cls.__name__,
+        path,
+        spec.quantization,
+        kwargs["dtype"],
+        kwargs["device_map"],
+    )
     try:
         model = cls.from_pretrained(str(path), **kwargs)
     except ImportError as exc:  # bitsandbytes, gguf or accelerate missing

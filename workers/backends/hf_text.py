@@ -50,7 +50,8 @@ class TransformersTextBackend(HFBackend):
     def _encode(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         if self.tokenizer.chat_template:
             return self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
         # No template (DialoGPT and other older chat models): turns separated by EOS.
         eos = self.tokenizer.eos_token or ""
         text = "".join(m["content"] + eos for m in messages if m["role"] != "system")
@@ -60,12 +61,11 @@ class TransformersTextBackend(HFBackend):
         """Chat from OpenAI-style messages through the model's chat template."""
         messages = inputs.text_messages(self.spec.id, self.spec.options.get("system_prompt"))
         batch = to_device(dict(self._encode(messages)), input_device(self.model))
-        return generate(self.model, self.tokenizer, batch, inputs.generation_params(self.spec),
-                        ctx)
+        return generate(self.model, self.tokenizer, batch, inputs.generation_params(self.spec), ctx)
 
     def complete(self, inputs: CompleteInput, ctx: JobContext) -> Result:
         """Continue a raw prompt."""
-        batch = to_device(dict(self.tokenizer(inputs.prompt, return_tensors="pt")),
-                          input_device(self.model))
-        return generate(self.model, self.tokenizer, batch, inputs.generation_params(self.spec),
-                        ctx)
+        batch = to_device(
+            dict(self.tokenizer(inputs.prompt, return_tensors="pt")), input_device(self.model)
+        )
+        return generate(self.model, self.tokenizer, batch, inputs.generation_params(self.spec), ctx)

@@ -49,8 +49,13 @@ class LlamaCppBackend(Backend):
                 verbose=False,
             )
         self.cpu = {**cpu.describe(), "threads": threads, "extra_buffers": extra}
-        log.info("model %s: llama.cpp on %s with %s threads, extra buffer types %s",
-                 self.spec.id, cpu.model_name, threads, "on" if extra else "off")
+        log.info(
+            "model %s: llama.cpp on %s with %s threads, extra buffer types %s",
+            self.spec.id,
+            cpu.model_name,
+            threads,
+            "on" if extra else "off",
+        )
         self._set_prompt_cache(opts)
         self.path = path
         warm_up(self.spec, self._warm_up)
@@ -60,7 +65,8 @@ class LlamaCppBackend(Backend):
         """Generate two tokens the way a job does, then forget them."""
         if "chat" in self.spec.tasks:
             self.llm.create_chat_completion(
-                messages=[{"role": "user", "content": "Hello"}], max_tokens=2, temperature=0)
+                messages=[{"role": "user", "content": "Hello"}], max_tokens=2, temperature=0
+            )
         else:
             self.llm.create_completion("Hello", max_tokens=2, temperature=0)
         self.llm.reset()
@@ -77,7 +83,8 @@ class LlamaCppBackend(Backend):
             self.llm.set_cache(LlamaRAMCache(capacity_bytes=capacity))
         elif kind == "disk":
             folder = opts.get("cache_dir") or str(
-                self.settings.data_dir / "llama-cache" / self.spec.id)
+                self.settings.data_dir / "llama-cache" / self.spec.id
+            )
             self.llm.set_cache(LlamaDiskCache(cache_dir=folder, capacity_bytes=capacity))
         else:
             raise ValueError(f"model {self.spec.id}: options.cache must be ram or disk")
@@ -98,9 +105,13 @@ class LlamaCppBackend(Backend):
     def _params(self, inputs: ChatInput | CompleteInput) -> dict[str, Any]:
         p = inputs.generation_params(self.spec)
         return {
-            "max_tokens": p["max_tokens"], "temperature": p["temperature"],
-            "top_p": p["top_p"], "top_k": p["top_k"], "stop": p["stop"] or None,
-            "seed": p["seed"], "repeat_penalty": p["repeat_penalty"],
+            "max_tokens": p["max_tokens"],
+            "temperature": p["temperature"],
+            "top_p": p["top_p"],
+            "top_k": p["top_k"],
+            "stop": p["stop"] or None,
+            "seed": p["seed"],
+            "repeat_penalty": p["repeat_penalty"],
         }
 
     def _count_prompt(self, text: str) -> int:
@@ -115,8 +126,12 @@ class LlamaCppBackend(Backend):
             # Streamed even with tools or a response format, so a cancel or deadline stops
             # it between tokens like any other chat.
             stream = self.llm.create_chat_completion(
-                messages=messages, stream=True, tools=inputs.tools,
-                tool_choice=inputs.tool_choice, response_format=inputs.response_format, **params,
+                messages=messages,
+                stream=True,
+                tools=inputs.tools,
+                tool_choice=inputs.tool_choice,
+                response_format=inputs.response_format,
+                **params,
             )
         except ValueError as exc:  # a schema or tool choice llama.cpp cannot use
             raise InputRejected(f"llama.cpp rejected the request: {exc}") from None
@@ -166,7 +181,6 @@ class LlamaCppBackend(Backend):
         prompt = max(0, self.llm.n_tokens - completion) if self.llm.n_tokens else None
         output = {"text": "".join(parts), "finish_reason": finish or "stop"}
         return Result(output, _metrics(prompt, completion, elapsed))
-
 
     def _forget_context(self) -> None:
         """Drop what an aborted evaluation left in the context; the next job starts clean."""
@@ -245,10 +259,14 @@ class _ChatDeltas:
         calls = delta.get("tool_calls") or []
         for call in calls:
             fn = call.get("function") or {}
-            slot = self.tool_calls.setdefault(call.get("index", 0), {
-                "id": call.get("id"), "type": "function",
-                "function": {"name": fn.get("name") or "", "arguments": ""},
-            })
+            slot = self.tool_calls.setdefault(
+                call.get("index", 0),
+                {
+                    "id": call.get("id"),
+                    "type": "function",
+                    "function": {"name": fn.get("name") or "", "arguments": ""},
+                },
+            )
             slot["function"]["arguments"] += fn.get("arguments") or ""
         text = delta.get("content")
         return text, bool(text) or bool(calls)

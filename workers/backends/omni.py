@@ -22,7 +22,8 @@ class QwenOmniBackend(QwenVisionBackend):
         if config.model_type == "qwen2_5_omni":
             # A full Omni checkpoint: build it without the talker (speech output) and keep
             # only the thinker, which is what answers in text.
-            full = load_model(Qwen2_5OmniForConditionalGeneration, self.spec, path,
-                              enable_audio_output=False)
+            full = load_model(
+                Qwen2_5OmniForConditionalGeneration, self.spec, path, enable_audio_output=False
+            )
             return full.thinker
         return load_model(Qwen2_5OmniThinkerForConditionalGeneration, self.spec, path)

@@ -23,8 +23,9 @@ from workers.decoding import Video
 KINDS = ("image", "video", "audio")
 
 
-def split_media(messages: list[dict[str, Any]], allowed: tuple[str, ...],
-                model_id: str) -> tuple[list[dict[str, Any]], list[tuple[str, dict]]]:
+def split_media(
+    messages: list[dict[str, Any]], allowed: tuple[str, ...], model_id: str
+) -> tuple[list[dict[str, Any]], list[tuple[str, dict]]]:
     """Return the messages with media parts as bare placeholders, and the media in order.
 
     :raises InputRejected: for a part of a kind the model does not take.
@@ -45,8 +46,10 @@ def split_media(messages: list[dict[str, Any]], allowed: tuple[str, ...],
                 parts.append({"type": kind, kind: f"{kind}-{len(media)}"})
                 media.append((kind, part[kind]))
             else:
-                raise InputRejected(f"model {model_id} does not take {kind!r} content parts "
-                                    f"(it takes text and {', '.join(allowed)})")
+                raise InputRejected(
+                    f"model {model_id} does not take {kind!r} content parts "
+                    f"(it takes text and {', '.join(allowed)})"
+                )
         out.append({"role": message["role"], "content": parts})
     return out, media
 
@@ -75,18 +78,23 @@ class QwenInputs:
         if not hasattr(self.processor, "image_processor"):
             raise ModelNotAvailable(
                 f"{path} has no image processor (preprocessor_config.json or "
-                f"processor_config.json); Qwen vision checkpoints ship one with the weights")
+                f"processor_config.json); Qwen vision checkpoints ship one with the weights"
+            )
         self.tokenizer = self.processor.tokenizer
         self.omni = audio
         images = self.processor.image_processor
         self.patch_size = images.patch_size
-        self.image_pixels = {"min_pixels": images.size["shortest_edge"],
-                             "max_pixels": images.size["longest_edge"]}
+        self.image_pixels = {
+            "min_pixels": images.size["shortest_edge"],
+            "max_pixels": images.size["longest_edge"],
+        }
         videos = self.processor.video_processor
         cap = limits.video_max_pixels  # per frame; the decoder scaled frames under it
         low = min(videos.size["shortest_edge"], cap)
-        self.video_pixels = {"min_pixels": low,
-                             "max_pixels": max(low, min(videos.size["longest_edge"], cap))}
+        self.video_pixels = {
+            "min_pixels": low,
+            "max_pixels": max(low, min(videos.size["longest_edge"], cap)),
+        }
 
     @property
     def sampling_rate(self) -> int:
@@ -101,16 +109,20 @@ class QwenInputs:
         """
         from qwen_vl_utils import process_vision_info
 
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True,
-                                                  tokenize=False)
+        text = self.processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
         vision = [self._vision_part(kind, item) for kind, item in media if kind != "audio"]
         audios = [item for kind, item in media if kind == "audio"]
         kwargs: dict[str, Any] = {}
         if vision:
             try:
                 images, videos, video_kwargs = process_vision_info(
-                    [{"role": "user", "content": vision}], return_video_kwargs=True,
-                    return_video_metadata=True, image_patch_size=self.patch_size)
+                    [{"role": "user", "content": vision}],
+                    return_video_kwargs=True,
+                    return_video_metadata=True,
+                    image_patch_size=self.patch_size,
+                )
             except ValueError as exc:  # an aspect ratio past 200:1, say
                 raise InputRejected(f"an image or video could not be prepared: {exc}") from exc
             kwargs.update(video_kwargs, images=images)
@@ -121,13 +133,13 @@ class QwenInputs:
         if audios:
             kwargs.update(audio=audios, sampling_rate=self.sampling_rate)
         # qwen-vl-utils has resized everything to the patch grid; the processor keeps it.
-        batch = dict(self.processor(text=[text], do_resize=False, return_tensors="pt",
-                                    **kwargs))
+        batch = dict(self.processor(text=[text], do_resize=False, return_tensors="pt", **kwargs))
         if self.omni and "video_grid_thw" in batch:
             # The Omni processor assumes 2 fps for every video; use each one's real rate.
             step = self.processor.video_processor.temporal_patch_size
             batch["video_second_per_grid"] = batch["video_second_per_grid"].new_tensor(
-                [step / item.sample_fps for kind, item in media if kind == "video"])
+                [step / item.sample_fps for kind, item in media if kind == "video"]
+            )
         return batch
 
     def _vision_part(self, kind: str, item) -> dict[str, Any]:
@@ -136,5 +148,9 @@ class QwenInputs:
         video: Video = item
         from PIL import Image
 
-        return {"type": "video", "video": [Image.fromarray(f) for f in video.frames],
-                "sample_fps": video.sample_fps, **self.video_pixels}
+        return {
+            "type": "video",
+            "video": [Image.fromarray(f) for f in video.frames],
+            "sample_fps": video.sample_fps,
+            **self.video_pixels,
+        }

@@ -47,16 +47,19 @@ class QwenVisionBackend(HFBackend):
 
         media: list[tuple[str, object]] = [
             ("image", Image.new("RGB", (56, 56))),
-            ("video", Video(frames=[np.zeros((56, 56, 3), np.uint8)] * 2, sample_fps=2.0,
-                            duration_s=1.0)),
+            (
+                "video",
+                Video(frames=[np.zeros((56, 56, 3), np.uint8)] * 2, sample_fps=2.0, duration_s=1.0),
+            ),
         ]
         if "audio" in self.media_kinds:
             media.append(("audio", np.zeros(self.inputs.sampling_rate, np.float32)))
         messages = [{"role": "user", "content": "Hello"}]
         attach_media(messages, media)  # the placeholders a job's media get
         messages, media = split_media(messages, self.media_kinds, self.spec.id)
-        batch = to_device(self.inputs.build(messages, media), input_device(self.model),
-                          self.model.dtype)
+        batch = to_device(
+            self.inputs.build(messages, media), input_device(self.model), self.model.dtype
+        )
         self.model.generate(**batch, max_new_tokens=1, do_sample=False)
 
     def _load_model(self, path):
@@ -71,16 +74,18 @@ class QwenVisionBackend(HFBackend):
         top += [("image", ref) for ref in inputs.images or []]
         top += [("video", inputs.video)] if inputs.video else []
         top += [("audio", inputs.audio)] if inputs.audio else []
-        attach_media(messages, [(k, r.model_dump() if hasattr(r, "model_dump") else r)
-                                for k, r in top])
+        attach_media(
+            messages, [(k, r.model_dump() if hasattr(r, "model_dump") else r) for k, r in top]
+        )
         messages, media = split_media(messages, self.media_kinds, self.spec.id)
-        decoded = [(kind, self._decode(kind, ref, ctx, f"{kind} #{n + 1}"))
-                   for n, (kind, ref) in enumerate(media)]
+        decoded = [
+            (kind, self._decode(kind, ref, ctx, f"{kind} #{n + 1}"))
+            for n, (kind, ref) in enumerate(media)
+        ]
         batch = self.inputs.build(messages, decoded)
         del decoded
         batch = to_device(batch, input_device(self.model), self.model.dtype)
-        return generate(self.model, self.tokenizer, batch, inputs.generation_params(self.spec),
-                        ctx)
+        return generate(self.model, self.tokenizer, batch, inputs.generation_params(self.spec), ctx)
 
     def _decode(self, kind: str, ref: dict, ctx: JobContext, field: str):
         limits = self.spec.limits
