@@ -74,11 +74,13 @@ def log_scope(**fields: Any) -> Iterator[None]:
 
 
 def bind_log_fields(**fields: Any) -> None:
-    """Add fields to the current log_scope (once a job's id is known inside it)."""
+    """Add fields to the current log_scope (once a job's id is known inside it).
+
+    Outside a scope it does nothing: fields set there would stick to every later record of
+    the thread, other jobs' included.
+    """
     current = _scope.get()
-    if current is None:
-        _scope.set(dict(fields))
-    else:
+    if current is not None:
         current.update(fields)
 
 

@@ -49,7 +49,8 @@ def registry(tmp_path_factory):
             "tasks": ["classify"],
             "source": {"path": str(folder)},
             "options": {"memory_limit_mb": 384, "batch_size": OOM_BATCH},
-            "limits": {"max_batch": OOM_BATCH},
+            # The batch is millions of characters, far past the default input limit.
+            "limits": {"max_batch": OOM_BATCH, "max_input_chars": 10_000_000},
         },
         {
             "id": "bert-ceiling",
