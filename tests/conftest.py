@@ -162,6 +162,23 @@ class WorkerProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
+@contextlib.contextmanager
+def consumer_paused(settings: Settings, model: str) -> Iterator[None]:
+    """Freeze the Celery main processes of a model's workers: the workers stay online (their
+    pool processes keep publishing heartbeats) but take no new job, so new jobs stay queued.
+    """
+    fleet = Fleet(redis.Redis.from_url(settings.redis_url, decode_responses=True))
+    mains = {psutil.Process(w["pid"]).ppid() for w in fleet.workers(model)}
+    assert mains, f"no worker of {model} is online"
+    for pid in mains:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in mains:
+            os.kill(pid, signal.SIGCONT)
+
+
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
     """Poll until predicate() is truthy; return its value or fail the test."""
     deadline = time.monotonic() + timeout
@@ -241,9 +258,10 @@ def make_app():
 class LiveServer:
     """gunicorn serving web.wsgi:app on a free loopback port."""
 
-    def __init__(self, proc: subprocess.Popen, url: str):
+    def __init__(self, proc: subprocess.Popen, url: str, settings: Settings):
         self.proc = proc
         self.url = url
+        self.settings = settings
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -272,7 +290,7 @@ def start_server(tmp_path_factory):
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
             )
-        server = LiveServer(proc, f"http://127.0.0.1:{port}")
+        server = LiveServer(proc, f"http://127.0.0.1:{port}", settings)
         servers.append(server)
 
         def up():

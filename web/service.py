@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from collections.abc import Iterator
@@ -10,12 +11,19 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.config import Settings
-from shared.errors import Conflict, InvalidInput, NotFound, RateLimited
+from shared.errors import (
+    Conflict,
+    InvalidInput,
+    ModelNotAvailable,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+)
 from shared.fleet import Fleet
 from shared.inputs import parse_input
 from shared.jobs import JobError, JobRecord, Priority, Webhook, new_job_id, now
 from shared.payloads import PayloadStore
-from shared.registry import ModelSpec, Registry
+from shared.registry import ModelSpec, Registry, resolve_source
 from shared.results import IllegalTransition, QueueFull, ResultStore
 from shared.sweeper import sweep_payloads
 from shared.webhooks import WebhookNotifier, check_target
@@ -103,11 +111,21 @@ class JobService:
             self._online[model] = cached
         return cached[1]
 
-    def submit(self, req: JobRequest, files: dict[str, list[bytes]] | None = None) -> JobRecord:
-        """Create and queue a job.
+    def submit(
+        self,
+        req: JobRequest,
+        files: dict[str, list[bytes]] | None = None,
+        *,
+        need_worker: bool = False,
+    ) -> JobRecord:
+        """Create and queue a job; with need_worker, only if a worker serves its model now.
+
+        Routes that answer in one request pass need_worker: a job no worker will take would
+        hold the client until SYNC_WAIT_S. The job API queues it regardless, with a notice.
 
         :raises NotFound: unknown model. :raises InvalidInput: bad task or input.
         :raises RateLimited: the model's queue is full.
+        :raises ServiceUnavailable: need_worker and no worker is online for the model.
         """
         spec = self.registry.get(req.model)
         if spec is None:
@@ -129,6 +147,16 @@ class JobService:
         except Exception:
             self.payloads.delete(job_id)
             raise
+        if need_worker and not self.fleet.workers(spec.id):
+            self.payloads.delete(job_id)
+            raise ServiceUnavailable(
+                f"model {spec.id} has no worker online, so this request cannot be answered; "
+                f"start one with `conveyor worker --model {spec.id}` (or `conveyor up --model "
+                f"{spec.id}`), or submit to POST /v1/jobs to queue it until one starts."
+                + _weights_hint(spec),
+                retry_after=10,
+                code="no_worker",
+            )
         job = JobRecord(
             id=job_id,
             model=spec.id,
@@ -327,3 +355,14 @@ class JobService:
             self.store, self.payloads, grace_s=self.settings.payload_orphan_grace_s
         )
         return {"removed_jobs": len(removed), "removed": removed, **self.payloads.usage()}
+
+
+def _weights_hint(spec: ModelSpec) -> str:
+    """Say how to get a model's weights when they are not on this machine, if that is known."""
+    if spec.source.hf_repo and importlib.util.find_spec("huggingface_hub") is None:
+        return ""  # a web host without the hub client cannot tell; the worker will
+    try:
+        resolve_source(spec)
+    except ModelNotAvailable as exc:
+        return f" Its weights are not on this machine: {exc.message}"
+    return ""

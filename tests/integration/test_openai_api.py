@@ -20,7 +20,7 @@ import requests
 import yaml
 
 from shared.config import DEFAULT_REGISTRY
-from tests.conftest import wait_for
+from tests.conftest import consumer_paused, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -369,15 +369,16 @@ def open_stream(server, model: str, until: bytes, count: int = 1, max_tokens: in
 
 
 def test_client_gone_while_its_job_is_queued_cancels_it(server):
-    # No worker serves DialoGPT here: the job waits in the queue, the stream sends comments.
-    job_id = open_stream(server, "dialogpt-small", b'"role": "assistant"', max_tokens=100)
-
     def ended():
         job = job_of(server, "x-" + job_id)
         return job if job["status"] != "queued" else None
 
-    # The server notices at its next keep-alive comment (every 5 s) that nobody listens.
-    job = wait_for(ended, 30, what="the abandoned queued job to end")
+    # SmolLM2's worker is online but takes no job while paused: the job waits in the queue,
+    # the stream sends comments.
+    with consumer_paused(server.settings, SMOL):
+        job_id = open_stream(server, SMOL, b'"role": "assistant"', max_tokens=100)
+        # The server notices at its next keep-alive comment (every 5 s) that nobody listens.
+        job = wait_for(ended, 30, what="the abandoned queued job to end")
     assert job["status"] == "canceled" and job["started_at"] is None, job
 
 

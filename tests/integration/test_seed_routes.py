@@ -18,6 +18,7 @@ from PIL import Image
 from shared.config import DEFAULT_REGISTRY
 from shared.payloads import PayloadStore
 from shared.registry import load_registry
+from tests.conftest import consumer_paused
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -411,15 +412,43 @@ def test_models_path_answers_like_the_lightweight_server(url, registry):
 
 def test_no_answer_in_time_is_504_and_the_job_is_canceled(stack, make_app):
     impatient = make_app(stack[1].model_copy(update={"sync_wait_s": 1.0})).test_client()
-    resp = impatient.post("/generate/dialogpt-small", json={"prompt": "Hello"})  # no worker
-    assert resp.status_code == 504, resp.get_json()
-    assert resp.get_json()["error"]["code"] == "timeout"
-    rec = impatient.get(f"/v1/jobs/{resp.headers['X-Conveyor-Job-Id']}").get_json()
-    assert rec["status"] == "canceled" and rec["model"] == "dialogpt-small"
-    openai_style = impatient.post(
-        "/v1/chat/completions",
-        json={"model": "microsoft/DialoGPT-small", "messages": [{"role": "user", "content": "Hi"}]},
-    )
+    # SmolLM2's worker is online but, paused, takes no job: each job waits in the queue.
+    with consumer_paused(stack[1], SMOL):
+        resp = impatient.post(f"/generate/{SMOL}", json={"prompt": "Hello"})
+        assert resp.status_code == 504, resp.get_json()
+        assert resp.get_json()["error"]["code"] == "timeout"
+        rec = impatient.get(f"/v1/jobs/{resp.headers['X-Conveyor-Job-Id']}").get_json()
+        assert rec["status"] == "canceled" and rec["model"] == SMOL
+        openai_style = impatient.post(
+            "/v1/chat/completions",
+            json={"model": SMOL, "messages": [{"role": "user", "content": "Hi"}]},
+        )
     assert openai_style.status_code == 504
     assert openai_style.get_json()["error"]["type"] == "server_error"
     assert openai_style.headers["x-should-retry"] == "false"
+
+
+def test_a_model_with_no_worker_answers_503_at_once_on_routes_that_wait(stack, make_app):
+    client = make_app(stack[1]).test_client()  # sync_wait_s is 570 s: only failing fast passes
+    chat = {"model": "microsoft/DialoGPT-small", "messages": [{"role": "user", "content": "Hi"}]}
+    for path, body in [
+        ("/generate/dialogpt-small", {"prompt": "Hello"}),
+        ("/v1/chat/completions", chat),
+        ("/v1/chat/completions", {**chat, "stream": True}),
+        ("/v1/completions", {"model": "dialogpt-small", "prompt": "Hello"}),
+    ]:
+        resp = client.post(path, json=body)
+        assert resp.status_code == 503, (path, resp.get_json())
+        assert resp.headers["Retry-After"] == "10"
+        error = resp.get_json()["error"]
+        assert error["code"] == "no_worker", error
+        assert "model dialogpt-small has no worker online" in error["message"]
+        assert "conveyor worker --model dialogpt-small" in error["message"]
+        # Its weights are not here (nothing downloads in tests): the answer says how to get them.
+        assert "conveyor models pull dialogpt-small" in error["message"]
+    assert not client.get("/v1/jobs?model=dialogpt-small").get_json()["data"]  # none created
+    # The job API keeps its queue semantics: accepted, with a notice.
+    queued = client.post("/v1/jobs", json={"model": "dialogpt-small", "input": {"prompt": "Hi"}})
+    assert queued.status_code == 202
+    assert "no worker is online" in queued.get_json()["notice"]
+    client.post(f"/v1/jobs/{queued.get_json()['id']}/cancel")

@@ -58,7 +58,7 @@ def _streamed(job_request, frames) -> Response:
     svc = _services()
 
     def start() -> Response:
-        job = svc.jobs.submit(job_request)
+        job = svc.jobs.submit(job_request, need_worker=True)
         beat = min(svc.settings.sse_heartbeat_s, KEEPALIVE_MAX_S)
         return _event_stream(frames(svc.jobs, job, beat), job)
 
@@ -113,7 +113,7 @@ def chat_completions():
         )
 
     def answer() -> Response:
-        job = _services().jobs.submit(job_request)
+        job = _services().jobs.submit(job_request, need_worker=True)
         return _answer(chat_completion(_settled(job)), job)
 
     return _held(answer)
@@ -133,7 +133,7 @@ def completions():
         )
 
     def answer() -> Response:
-        job = _services().jobs.submit(job_request)
+        job = _services().jobs.submit(job_request, need_worker=True)
         return _answer(completion(_settled(job), echo), job)
 
     return _held(answer)
@@ -145,7 +145,7 @@ def create_embeddings():
     job_request = req.to_job_request(_default("embed"))
 
     def answer() -> Response:
-        job = _services().jobs.submit(job_request)
+        job = _services().jobs.submit(job_request, need_worker=True)
         return _answer(embeddings(_settled(job), req.encoding_format), job)
 
     return _held(answer)
@@ -163,7 +163,7 @@ def transcriptions():
     job_request = req.to_job_request(upload.read() if upload else None)
 
     def answer() -> Response:
-        job = _services().jobs.submit(*job_request)
+        job = _services().jobs.submit(*job_request, need_worker=True)
         return _answer(transcription(_settled(job), req.response_format, req.language), job)
 
     return _held(answer)

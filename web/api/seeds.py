@@ -55,7 +55,7 @@ def _spec(name: str | None) -> ModelSpec:
 def _run(req):
     svc = _services()
     with svc.holds.hold("wait"):
-        job = svc.jobs.submit(req)
+        job = svc.jobs.submit(req, need_worker=True)
         return settle(svc.jobs, job, svc.settings.sync_wait_s)
 
 
