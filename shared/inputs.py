@@ -171,6 +171,13 @@ class EchoInput(_Media):
         description="Then sleep this long in one step that ignores cancel and deadlines "
         "(for tests of the time-limit backstop).",
     )
+    native_block_s: float | None = Field(
+        None,
+        ge=0,
+        le=60,
+        description="Then block this long with Celery's soft-limit signal masked, as a native "
+        "call that never returns to Python would: only the hard limit ends it (for tests).",
+    )
 
 
 INPUTS: dict[str, type[BaseModel]] = {

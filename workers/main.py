@@ -23,8 +23,11 @@ from celery.worker.request import Request
 from shared.celery_app import RUN_JOB, enqueue_webhook, make_celery
 from shared.config import Settings
 from shared.errors import ConveyorError
+from shared.jobs import JobError
+from shared.payloads import PayloadStore
 from shared.registry import ModelSpec, load_registry, resolve_source
-from shared.results import ResultStore, connect
+from shared.results import IllegalTransition, ResultStore, connect
+from shared.webhooks import WebhookNotifier
 from workers.reaper import Reaper
 from workers.runtime import WorkerRuntime
 
@@ -55,6 +58,13 @@ def build_worker_app(settings: Settings, spec: ModelSpec) -> Celery:
             if isinstance(exc, WorkerLostError) and self.args:
                 _record_loss(settings, spec, app.conveyor_state, self.args[0], exc, self.worker_pid)
             return super().on_failure(exc_info, send_failed_event, return_ok)
+
+        def on_timeout(self, soft, timeout):
+            # The hard limit kills the pool process mid-step: the job ends here, or its
+            # lease would lapse and the reaper would run the same stuck step again.
+            if not soft and self.args:
+                _end_at_hard_limit(settings, app, self.args[0], timeout)
+            return super().on_timeout(soft, timeout)
 
     class JobTask(Task):
         Request = JobRequest
@@ -203,6 +213,26 @@ def _record_loss(
         )
     except redis.RedisError:
         log.warning("job %s: could not record why its worker was lost", job_id, exc_info=True)
+
+
+def _end_at_hard_limit(settings: Settings, app: Celery, job_id: str, limit_s: float) -> None:
+    """Fail a job whose step outlived Celery's hard time limit: its pool process is gone."""
+    store = ResultStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s)
+    error = JobError(
+        type="timeout",
+        message=f"a step of the job did not return within the {limit_s:g} s hard time limit; "
+        "its pool process was replaced",
+    )
+    try:
+        rec = store.mark_failed(job_id, error)
+    except IllegalTransition:
+        return  # it ended some other way first
+    except redis.RedisError:
+        log.warning("job %s: could not record its hard time limit", job_id, exc_info=True)
+        return
+    log.error("job %s model %s: %s", job_id, rec.model, error.message)
+    PayloadStore(settings.payload_location, max_bytes=settings.max_media_bytes).delete(job_id)
+    WebhookNotifier(store.r, partial(enqueue_webhook, app), ttl_s=settings.result_ttl_s).ended(rec)
 
 
 def run_worker(

@@ -427,3 +427,18 @@ def test_sweeper_runs_from_admin_and_periodically(client, services, sweeper_paus
     services.redis.delete(LOCK_KEY)
     wait_for(lambda: sorted(os.listdir(root)) == ["orphan-new"], 15, what="the periodic sweep")
     payloads.delete("orphan-new")
+
+
+def test_celery_hard_time_limit_ends_a_step_deaf_to_the_soft_one(client, services):
+    pid, _ = echo_pid(services, "echo-short")
+    # native_block_s masks the soft limit's signal, as a native call that never returns to
+    # Python does: only the hard limit (soft + HARD_LIMIT_GRACE_S) kills the pool process.
+    job = submit(client, {"model": "echo-short", "input": {"native_block_s": 40}})
+    rec = until(client, job["id"], TERMINAL, timeout=45)
+    assert rec["status"] == "failed" and rec["error"]["type"] == "timeout", rec
+    assert "hard time limit" in rec["error"]["message"]
+    assert rec["attempts"] == 1  # ended, not handed to the reaper to run again
+    after = submit(client, {"model": "echo-short", "input": {"n": 2}})
+    assert until(client, after["id"], TERMINAL, timeout=60)["status"] == "succeeded"
+    pids = {w["pid"] for w in services.fleet.workers("echo-short")}
+    assert pids - {pid}, pids  # a new pool process served it
