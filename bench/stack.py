@@ -7,7 +7,6 @@ everything it started, in reverse order, however the run ends.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -36,14 +35,7 @@ BARE_DB = 1
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """Return the CONVEYOR_* environment that reproduces these settings in a child."""
-    env = {}
-    for name, value in settings.model_dump(mode="json").items():
-        if value is None:
-            continue
-        env[f"CONVEYOR_{name.upper()}"] = (
-            json.dumps(value) if isinstance(value, list) else str(value)
-        )
-    return env
+    return settings.as_env()
 
 
 def write_registry(path: Path, threads: int | None) -> Path:

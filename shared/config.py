@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -175,6 +176,14 @@ class Settings(BaseSettings):
         if self.default_time_limit_s >= self.visibility_timeout_s:
             raise ValueError("default_time_limit_s must stay below visibility_timeout_s")
         return self
+
+    def as_env(self) -> dict[str, str]:
+        """Return the CONVEYOR_* environment that reproduces these settings in a child."""
+        return {
+            f"CONVEYOR_{name.upper()}": json.dumps(value) if isinstance(value, list) else str(value)
+            for name, value in self.model_dump(mode="json").items()
+            if value is not None
+        }
 
     @property
     def payload_location(self) -> str:

@@ -90,16 +90,7 @@ def redis_db(redis_server):
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """Return the CONVEYOR_* environment that reproduces these settings in a child."""
-    env = {}
-    for name, value in settings.model_dump(mode="json").items():
-        if value is None:
-            continue
-        if isinstance(value, list):
-            import json
-
-            value = json.dumps(value)
-        env[f"CONVEYOR_{name.upper()}"] = str(value)
-    return env
+    return settings.as_env()
 
 
 @pytest.fixture(scope="session")
