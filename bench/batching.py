@@ -95,6 +95,16 @@ def run_ceiling(path: str, threads: int, n: int, tokens: int) -> dict:
     return {"tok_s": n * tokens / wall, "ttft_p50": first, "ttft_p95": first}
 
 
+def _summary(results: list[tuple[int, float]], wall: float) -> dict:
+    """Aggregate tokens/s and time-to-first-token percentiles of (tokens, ttft) results."""
+    ttft = sorted(r[1] for r in results)
+    return {
+        "tok_s": sum(r[0] for r in results) / wall,
+        "ttft_p50": ttft[len(ttft) // 2],
+        "ttft_p95": ttft[min(len(ttft) - 1, int(len(ttft) * 0.95))],
+    }
+
+
 def _clients(n: int, one) -> dict:
     """Run one() in n threads at once; one() returns (tokens, time to first token)."""
     results: list[tuple[int, float]] = []
@@ -111,13 +121,7 @@ def _clients(n: int, one) -> dict:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
-    ttft = sorted(r[1] for r in results)
-    return {
-        "tok_s": sum(r[0] for r in results) / wall,
-        "ttft_p50": ttft[len(ttft) // 2],
-        "ttft_p95": ttft[min(len(ttft) - 1, int(len(ttft) * 0.95))],
-    }
+    return _summary(results, time.perf_counter() - t0)
 
 
 def run_xllamacpp(path: str, threads: int, n: int, tokens: int) -> dict:
@@ -182,13 +186,7 @@ def run_sequential(path: str, threads: int, n: int, tokens: int) -> dict:
     one(time.perf_counter())
     t0 = time.perf_counter()  # every client arrives now; client i waits for the i before it
     results = [one(t0) for _ in range(n)]
-    wall = time.perf_counter() - t0
-    ttft = sorted(r[1] for r in results)
-    return {
-        "tok_s": sum(r[0] for r in results) / wall,
-        "ttft_p50": ttft[len(ttft) // 2],
-        "ttft_p95": ttft[min(len(ttft) - 1, int(len(ttft) * 0.95))],
-    }
+    return _summary(results, time.perf_counter() - t0)
 
 
 def ratio(a: float | None, b: float | None) -> str:

@@ -28,6 +28,19 @@ def registry_file(tmp_path, body: str):
     return path
 
 
+def worker_cli(settings, model: str) -> subprocess.CompletedProcess:
+    """Run `conveyor worker --model MODEL` to its end (these workers fail at start)."""
+    env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", "worker", "--model", model],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_llama_cpp_defaults_follow_this_cpu(make_settings):
     """Shipped registry, no edits: one thread per physical core, and extra buffer types on
     exactly where this CPU has no AMX; then a real chat runs."""
@@ -92,15 +105,7 @@ def test_a_model_that_crashes_at_warm_up_fails_the_worker_start(tmp_path, make_s
     """,
     )
     settings = make_settings(registry=registry)
-    env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "worker", "--model", "crashy"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = worker_cli(settings, "crashy")
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert "conveyor worker: model crashy crashed while loading" in last, last
@@ -199,15 +204,7 @@ def test_a_registry_task_the_backend_cannot_run_fails_the_worker_start(tmp_path,
     """,
     )
     settings = make_settings(registry=registry)
-    env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "worker", "--model", "typo-tasks"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = worker_cli(settings, "typo-tasks")
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert (
         "backend echo cannot run tasks ['chat']; it runs ['echo']"
