@@ -25,6 +25,9 @@ FLUSH_S = 1.0
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+WARN_AFTER_FAILURES = 10  # flushes in a row that found Redis down before a warning
+
+
 class RequestMetrics:
     """Sum requests per (route, method, status) and flush the sums to Redis."""
 
@@ -34,6 +37,7 @@ class RequestMetrics:
         self._totals: dict[tuple[str, str], float] = defaultdict(float)
         self._lock = threading.Lock()
         self._flusher_pid: int | None = None
+        self._failures = 0  # flushes failed in a row
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one request; route is its URL rule ("/v1/jobs/<job_id>"), never its path."""
@@ -52,11 +56,16 @@ class RequestMetrics:
             return
         try:
             self.store.add_totals(batch)
+            self._failures = 0
         except redis.RedisError as exc:
             if last:  # the process exits: nothing to keep it for
                 log.info("HTTP metrics of this process lost at exit: %s", exc)
                 return
-            log.warning("HTTP metrics not flushed (kept for the next try): %s", exc)
+            # One warning per outage, once it has lasted a while; a blip stays quiet.
+            self._failures += 1
+            (log.warning if self._failures == WARN_AFTER_FAILURES else log.debug)(
+                "HTTP metrics not flushed for %s tries (kept for the next): %s", self._failures, exc
+            )
             with self._lock:
                 for key, amount in batch.items():
                     self._totals[key] += amount
