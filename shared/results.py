@@ -102,6 +102,8 @@ class ResultStore:
         return f"{PREFIX}:queued:{model}"
 
     RUNNING_KEY = f"{PREFIX}:running"
+    # Jobs with a queue_timeout_s, by the time it runs out: the reaper reads only due ones.
+    QUEUE_DEADLINES_KEY = f"{PREFIX}:queue_deadlines"
     INDEX_KEY = f"{PREFIX}:jobs"
 
     # reads
@@ -166,6 +168,14 @@ class ResultStore:
             return None
         return self.r.zrank(self.queued_key(job.model), job.id)
 
+    def queue_deadlines_due(self, t: float) -> list[str]:
+        """Return the ids of jobs whose queue_timeout_s ran out by t (queued or not by now)."""
+        return self.r.zrangebyscore(self.QUEUE_DEADLINES_KEY, "-inf", repr(t))
+
+    def forget_queue_deadline(self, job_id: str) -> None:
+        """Stop tracking a job's queue deadline (it expired, started or is gone)."""
+        self.r.zrem(self.QUEUE_DEADLINES_KEY, job_id)
+
     def queued_ids(self, model: str, *, before: float | None = None) -> list[str]:
         """Return the ids of a model's queued jobs, oldest first (queued before a time)."""
         if before is None:
@@ -196,6 +206,7 @@ class ResultStore:
                 self.queued_key(job.model),
                 self.events_key(job.id),
                 metrics.METRICS_KEY,
+                self.QUEUE_DEADLINES_KEY,
             ],
             args=[
                 job.model_dump_json(),
@@ -208,6 +219,7 @@ class ResultStore:
                 EVENTS_MAXLEN,
                 metrics.submitted_field(job.model, job.task),
                 metrics.rejected_field(job.model, job.task, "queue_full"),
+                "" if job.queue_timeout_s is None else repr(job.created_at + job.queue_timeout_s),
             ],
         )
         if created == 0:

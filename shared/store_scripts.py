@@ -10,9 +10,9 @@ return 0
 
 # Create a job unless its model's queue is full: the check and the write in one step,
 # counted in the metrics hash with them (submitted, or rejected when full).
-# KEYS: record, index, model's queued set, events, metrics. ARGV: record, ttl_s, created_at,
-# id, max queued (0: no limit), expiry cutoff, first event's data, events maxlen,
-# submitted field, rejected field.
+# KEYS: record, index, model's queued set, events, metrics, queue deadlines. ARGV: record,
+# ttl_s, created_at, id, max queued (0: no limit), expiry cutoff, first event's data, events
+# maxlen, submitted field, rejected field, queue deadline ('' for a job with none).
 CREATE = """
 redis.call('zremrangebyscore', KEYS[3], '-inf', ARGV[6])
 local depth = redis.call('zcard', KEYS[3])
@@ -28,6 +28,9 @@ redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
 redis.call('xadd', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'event', 'status', 'data', ARGV[7])
 redis.call('expire', KEYS[4], ARGV[2])
 redis.call('hincrby', KEYS[5], ARGV[9], 1)
+if ARGV[11] ~= '' then
+  redis.call('zadd', KEYS[6], ARGV[11], ARGV[4])
+end
 return {1, depth}
 """
 

@@ -108,26 +108,29 @@ class Reaper:
         """Fail queued jobs that no worker started within their queue_timeout_s."""
         expired = []
         t = now()
-        for spec in self.registry:
-            for job_id in self.store.queued_ids(spec.id):
-                job = self.store.get(job_id)
+        # Only jobs whose deadline is due are read, each once: reading every queued record
+        # on every pass cost about 1,100 GETs a second with 500 jobs queued.
+        for job_id in self.store.queue_deadlines_due(t):
+            job = self.store.get(job_id)
+            try:
                 if job is None or not job.queue_expired(t):
-                    continue
-                try:
-                    job = self.store.mark_failed(job_id, job.expired_error())
-                except IllegalTransition:
-                    continue
-                log.info(
-                    "job %s model %s: expired in the queue after %gs",
-                    job_id,
-                    job.model,
-                    job.queue_timeout_s,
-                )
-                if self.payloads is not None:
-                    self.payloads.delete(job_id)
-                if self.notifier is not None:
-                    self.notifier.ended(job)
-                expired.append(job_id)
+                    continue  # started in time, ended, or gone
+                job = self.store.mark_failed(job_id, job.expired_error())
+            except IllegalTransition:
+                continue
+            finally:
+                self.store.forget_queue_deadline(job_id)
+            log.info(
+                "job %s model %s: expired in the queue after %gs",
+                job_id,
+                job.model,
+                job.queue_timeout_s,
+            )
+            if self.payloads is not None:
+                self.payloads.delete(job_id)
+            if self.notifier is not None:
+                self.notifier.ended(job)
+            expired.append(job_id)
         return expired
 
     def sweep(self) -> list[str] | None:

@@ -251,3 +251,35 @@ def test_queue_limit_holds_under_racing_submits(redis_db):
     assert stores[0].queue_depth("echo") == 3
     created = {r.id for r in results if isinstance(r, JobRecord)}
     assert {j.id for j in jobs if stores[0].get(j.id)} == created
+
+
+def test_the_reaper_reads_only_jobs_whose_queue_deadline_is_due(store):
+    from shared.config import Settings
+    from shared.registry import load_registry
+    from workers.reaper import Reaper
+
+    t0 = now()
+    late = JobRecord(
+        id=new_job_id(), model="echo", task="echo", created_at=t0 - 5, queue_timeout_s=1
+    )
+    started = JobRecord(  # claimed in time; its deadline falls due while it runs
+        id=new_job_id(), model="echo", task="echo", created_at=t0 - 0.5, queue_timeout_s=1
+    )
+    patient = JobRecord(
+        id=new_job_id(), model="echo", task="echo", created_at=t0, queue_timeout_s=600
+    )
+    plain = JobRecord(id=new_job_id(), model="echo", task="echo", created_at=t0 - 5)
+    for job in (late, started, patient, plain):
+        store.create(job)
+    assert store.claim(started.id, "w", lease_s=30, max_deliveries=3) == Claim.RUN
+    wait_for(lambda: now() > t0 + 0.6, 5, interval=0.05, what="the started job's deadline")
+    t0 = now()
+    # Only jobs created with a queue_timeout_s are tracked, and only the due ones are read.
+    assert sorted(store.queue_deadlines_due(t0)) == sorted([late.id, started.id])
+    settings = Settings()
+    reaper = Reaper(store, load_registry(settings.registry), None, settings)
+    assert reaper.expire_queued() == [late.id]
+    assert store.get(late.id).error.type == "expired"
+    assert store.get(started.id).status == JobStatus.RUNNING
+    assert store.get(plain.id).status == JobStatus.QUEUED  # no queue timeout: never expires
+    assert store.queue_deadlines_due(t0 + 3600) == [patient.id]  # the rest were forgotten
