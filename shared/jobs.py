@@ -110,6 +110,10 @@ class JobRecord(BaseModel):
             type="expired", message=f"no worker started the job within {self.queue_timeout_s:g} s"
         )
 
+    def headers(self) -> dict[str, str]:
+        """Return the response headers that name this job (gunicorn's access lines read them)."""
+        return {"X-Conveyor-Job-Id": self.id, "X-Conveyor-Model": self.model}
+
     def public(self, base_url: str = "") -> dict[str, Any]:
         """Return the record as clients see it, with its URLs."""
         data = self.model_dump(mode="json")

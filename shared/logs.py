@@ -160,11 +160,14 @@ def _access_fields(atoms: Mapping) -> dict[str, Any]:
         }
     except (KeyError, TypeError, ValueError):
         return {}
-    # The job a request was about: its route's id, or the OpenAI routes' job header.
+    # The job a request was about: its route's id, or the job headers of its answer.
     match = _JOB_PATH.match(out["path"])
     job_id = match.group(1) if match else atoms.get("{x-conveyor-job-id}o")
     if job_id and job_id != "-":
         out["job_id"] = job_id
+    model = atoms.get("{x-conveyor-model}o")
+    if model and model != "-":
+        out["model"] = model
     return out
 
 

@@ -28,7 +28,7 @@ NO_RETRY = {"x-should-retry": "false"}
 
 
 def _headers(job: JobRecord) -> dict[str, str]:
-    return {**NO_RETRY, "X-Conveyor-Job-Id": job.id}
+    return {**NO_RETRY, **job.headers()}
 
 
 class JobFailedError(ConveyorError):

@@ -445,8 +445,8 @@ def test_every_process_logs_json_with_job_ids(fleet, jobs):
             named = [i for i in all_ids if i in line["message"]]
             if named:  # a line about a job carries its id (and model) as fields
                 assert line.get("job_id") == named[0], (name, line)
-                # gunicorn's access lines know the job from its URL, not its model.
-                assert line.get("model") or line["logger"] == "gunicorn.access", (name, line)
+                # gunicorn's access lines too: from the answer's job headers.
+                assert line.get("model"), (name, line)
     echo = logs["echo"]
     for job_id in echo_ids:
         about = [line for line in echo if line.get("job_id") == job_id]
@@ -457,6 +457,8 @@ def test_every_process_logs_json_with_job_ids(fleet, jobs):
     assert any(line["logger"] == "stdout" for line in echo)  # Celery's banner, as records
     access = [line for line in logs["web"] if line["logger"] == "gunicorn.access"]
     assert any(line["path"] == "/metrics" and line["status"] == 200 for line in access)
+    chat = [line for line in access if line.get("job_id") == jobs["chat"]["id"]]
+    assert chat and {line["model"] for line in chat} == {"smollm2-135m"}
     queued = [
         line
         for line in logs["web"]

@@ -29,7 +29,7 @@ def job_event_frames(jobs: JobService, job_id: str, after: str, heartbeat_s: flo
 @bp.get("/v1/jobs/<job_id>/events")
 def events(job_id: str):
     services = current_app.extensions["conveyor"]
-    services.jobs.get(job_id)  # 404 for unknown ids
+    job = services.jobs.get(job_id)  # 404 for unknown ids
     after = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0-0"
     if not _EVENT_ID.match(after):
         raise InvalidInput("Last-Event-ID must look like '<ms>-<seq>'", param="Last-Event-ID")
@@ -38,6 +38,6 @@ def events(job_id: str):
         lambda: Response(
             stream_with_context(frames),
             mimetype="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **job.headers()},
         )
     )

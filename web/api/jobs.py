@@ -34,6 +34,7 @@ def _record(job, status: int = 200):
     data["queue_position"] = _service().queue_position(job)
     resp = jsonify(data)
     resp.status_code = status
+    resp.headers.update(job.headers())
     return resp
 
 

@@ -67,7 +67,7 @@ def _streamed(job_request, frames) -> Response:
 
 def _answer(body, job: JobRecord) -> Response:
     resp = jsonify(body) if isinstance(body, dict) else Response(body, mimetype="text/plain")
-    resp.headers["X-Conveyor-Job-Id"] = job.id
+    resp.headers.update(job.headers())
     return resp
 
 
@@ -78,7 +78,7 @@ def _event_stream(frames, job: JobRecord) -> Response:
         headers={
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
-            "X-Conveyor-Job-Id": job.id,
+            **job.headers(),
         },
     )
 
