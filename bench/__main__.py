@@ -14,8 +14,8 @@ from bench import generation, held_streams, queue_overhead
 from bench.procs import StartFailed
 from bench.report import machine, table
 from bench.stack import Stack
-from shared.gunicorn_command import raise_open_files_limit
 from shared.logs import setup_logging
+from shared.processes.gunicorn import raise_open_files_limit
 
 log = logging.getLogger("bench")
 

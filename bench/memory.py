@@ -34,9 +34,9 @@ import redis  # noqa: E402
 import yaml  # noqa: E402
 
 from shared.config import Settings  # noqa: E402
-from shared.fleet import Fleet  # noqa: E402
 from shared.logs import setup_logging  # noqa: E402
-from shared.redis_server import find_redis_server, free_port, redis_command  # noqa: E402
+from shared.processes.redis_server import find_redis_server, free_port, redis_command  # noqa: E402
+from shared.store.fleet import Fleet  # noqa: E402
 
 log = logging.getLogger("bench.memory")
 GOAL_GROWTH = 0.05
@@ -127,7 +127,7 @@ class Rig:
         self.log_path = tmp / "worker.log"
         with open(self.log_path, "wb") as out:
             self.worker = subprocess.Popen(
-                [sys.executable, "-m", "shared.cli", "worker", "--model", model],
+                [sys.executable, "-m", "shared.cli.main", "worker", "--model", model],
                 env=env,
                 cwd=ROOT,
                 stdout=out,

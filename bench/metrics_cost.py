@@ -20,18 +20,18 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from bench.stats import median, percentile
 from shared.config import Settings
-from shared.fleet import Fleet
 from shared.jobs import JobRecord, Priority, new_job_id, now
 from shared.metrics import store as metrics
 from shared.metrics.collector import FleetCollector
 from shared.metrics.store import MetricsStore
-from shared.redis_server import find_redis_server, free_port, redis_command
+from shared.processes.redis_server import find_redis_server, free_port, redis_command
 from shared.registry import load_registry
-from shared.results import ResultStore, connect
+from shared.store.fleet import Fleet
+from shared.store.jobs import JobStore, connect
 from web.request_metrics import RequestMetrics
 
 
-def job_end_ms(store: ResultStore, jobs: int) -> list[float]:
+def job_end_ms(store: JobStore, jobs: int) -> list[float]:
     """Return the milliseconds of each claim + mark_succeeded (a worker's two writes)."""
     out = []
     for _ in range(jobs):
@@ -53,7 +53,7 @@ def job_end_ms(store: ResultStore, jobs: int) -> list[float]:
     return out
 
 
-def scrape_ms(store: ResultStore, queued: int, rounds: int = 20) -> list[float]:
+def scrape_ms(store: JobStore, queued: int, rounds: int = 20) -> list[float]:
     """Return the milliseconds of a full /metrics body with `queued` jobs waiting."""
     spec = load_registry(Settings().registry)
     models = [s.id for s in spec]
@@ -109,7 +109,7 @@ def main() -> None:
                     break
                 except Exception:
                     time.sleep(0.05)
-            store = ResultStore(client, ttl_s=3600)
+            store = JobStore(client, ttl_s=3600)
             with_counts = job_end_ms(store, args.jobs)
             original = metrics.job_end_writes
             metrics.job_end_writes = lambda rec: []

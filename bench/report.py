@@ -11,7 +11,7 @@ from importlib import metadata
 import psutil
 
 from bench.stats import Row
-from shared.redis_server import find_redis_server
+from shared.processes.redis_server import find_redis_server
 
 PACKAGES = ("celery", "kombu", "redis", "flask", "gunicorn", "llama_cpp_python", "requests")
 

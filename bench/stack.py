@@ -21,9 +21,9 @@ import yaml
 from bench.bare_celery import make_bare_app, round_trip
 from bench.procs import Child, StartFailed, wait_until
 from shared.config import DEFAULT_REGISTRY, Settings
-from shared.fleet import Fleet
-from shared.gunicorn_command import gunicorn_command, open_files_needed, raise_open_files_limit
-from shared.redis_server import find_redis_server, free_port, redis_command
+from shared.processes.gunicorn import gunicorn_command, open_files_needed, raise_open_files_limit
+from shared.processes.redis_server import find_redis_server, free_port, redis_command
+from shared.store.fleet import Fleet
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class Stack:
             [
                 sys.executable,
                 "-m",
-                "shared.cli",
+                "shared.cli.main",
                 "worker",
                 "--model",
                 model,

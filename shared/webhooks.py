@@ -26,7 +26,7 @@ import redis
 
 from shared.errors import InvalidInput
 from shared.jobs import JobRecord
-from shared.results import PREFIX
+from shared.store.jobs import PREFIX
 
 log = logging.getLogger(__name__)
 

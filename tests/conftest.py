@@ -22,9 +22,9 @@ import redis
 import requests
 
 from shared.config import Settings
-from shared.fleet import Fleet
-from shared.gunicorn_command import gunicorn_command, open_files_needed, raise_open_files_limit
-from shared.redis_server import find_redis_server, free_port, redis_command
+from shared.processes.gunicorn import gunicorn_command, open_files_needed, raise_open_files_limit
+from shared.processes.redis_server import find_redis_server, free_port, redis_command
+from shared.store.fleet import Fleet
 
 ROOT = Path(__file__).resolve().parents[1]
 _DB = itertools.count(1)
@@ -203,7 +203,7 @@ def start_worker(tmp_path_factory):
         env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "shared.cli", "worker", "--model", model],
+                [sys.executable, "-m", "shared.cli.main", "worker", "--model", model],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

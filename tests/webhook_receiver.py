@@ -23,7 +23,7 @@ from pathlib import Path
 import redis
 
 from shared.config import Settings
-from shared.fleet import Fleet
+from shared.store.fleet import Fleet
 from tests.conftest import ROOT, WorkerProcess, settings_env, wait_for
 
 
@@ -182,7 +182,7 @@ def start_webhook_worker(settings: Settings, log_dir: Path) -> WorkerProcess:
     env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "webhook-worker", "--concurrency", "4"],
+            [sys.executable, "-m", "shared.cli.main", "webhook-worker", "--concurrency", "4"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -9,11 +9,11 @@ import redis
 from flask import Flask
 
 from shared.config import Settings
-from shared.fleet import Fleet
 from shared.logs import setup_logging
 from shared.payloads import PayloadStore
 from shared.registry import Registry, load_registry
-from shared.results import ResultStore, connect
+from shared.store.fleet import Fleet
+from shared.store.jobs import JobStore, connect
 from web.dispatch import Dispatcher
 from web.errors import register_error_handlers
 from web.hold_limit import HoldLimit
@@ -34,7 +34,7 @@ class Services:
     settings: Settings
     registry: Registry
     redis: redis.Redis
-    store: ResultStore
+    store: JobStore
     payloads: PayloadStore
     fleet: Fleet
     jobs: JobService
@@ -45,7 +45,7 @@ def build_services(settings: Settings) -> Services:
     """Wire the stores, dispatcher and job service for one app."""
     registry = load_registry(settings.registry)
     client = connect(settings.redis_url, pool_size=REDIS_POOL_SIZE)
-    store = ResultStore(client, ttl_s=settings.result_ttl_s)
+    store = JobStore(client, ttl_s=settings.result_ttl_s)
     payloads = PayloadStore(settings.payload_location, max_bytes=settings.max_media_bytes)
     fleet = Fleet(client)
     jobs = JobService(

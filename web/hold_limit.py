@@ -19,7 +19,7 @@ RETRY_AFTER_S = 2
 class HoldLimit:
     """Count held requests; refuse one past the cap with 503 and Retry-After.
 
-    The web server accepts more connections than this cap (see shared/gunicorn_command.py),
+    The web server accepts more connections than this cap (see shared/processes/gunicorn.py),
     so health checks, submits and polls still find room while every hold is taken.
     """
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import redis
 
 from shared.jobs import TERMINAL
-from shared.results import ResultStore
+from shared.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class JobFeeds:
     """Follow jobs' events and ends for this process's clients, with one reader."""
 
     def __init__(
-        self, store: ResultStore, *, block_s: float = BLOCK_S, check_s: float = CHECK_S
+        self, store: JobStore, *, block_s: float = BLOCK_S, check_s: float = CHECK_S
     ) -> None:
         self.store = store
         self._reader = store.stream_reader()

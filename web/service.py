@@ -19,13 +19,13 @@ from shared.errors import (
     RateLimited,
     ServiceUnavailable,
 )
-from shared.fleet import Fleet
 from shared.inputs import parse_input
 from shared.jobs import JobError, JobRecord, Priority, Webhook, new_job_id, now
 from shared.payloads import PayloadStore
 from shared.registry import ModelSpec, Registry, resolve_source
-from shared.results import IllegalTransition, QueueFull, ResultStore
-from shared.sweeper import sweep_payloads
+from shared.store.fleet import Fleet
+from shared.store.jobs import IllegalTransition, JobStore, QueueFull
+from shared.store.sweeper import sweep_payloads
 from shared.webhooks import WebhookNotifier, check_target
 from web.dispatch import Dispatcher
 from web.intake import Intake
@@ -77,7 +77,7 @@ class JobService:
         self,
         settings: Settings,
         registry: Registry,
-        store: ResultStore,
+        store: JobStore,
         payloads: PayloadStore,
         dispatcher: Dispatcher,
         fleet: Fleet,

@@ -26,7 +26,7 @@ from shared.errors import ConveyorError
 from shared.jobs import JobError
 from shared.payloads import PayloadStore
 from shared.registry import ModelSpec, load_registry, resolve_source
-from shared.results import IllegalTransition, ResultStore, connect
+from shared.store.jobs import IllegalTransition, JobStore, connect
 from shared.webhooks import WebhookNotifier
 from workers.reaper import Reaper
 from workers.runtime import WorkerRuntime
@@ -208,16 +208,14 @@ def _record_loss(
     report = state.crash_report(pid) if state else ""
     log.error("job %s model %s: %s\n%s", job_id, spec.id, reason, report)
     try:
-        ResultStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s).note_loss(
-            job_id, reason
-        )
+        JobStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s).note_loss(job_id, reason)
     except redis.RedisError:
         log.warning("job %s: could not record why its worker was lost", job_id, exc_info=True)
 
 
 def _end_at_hard_limit(settings: Settings, app: Celery, job_id: str, limit_s: float) -> None:
     """Fail a job whose step outlived Celery's hard time limit: its pool process is gone."""
-    store = ResultStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s)
+    store = JobStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s)
     error = JobError(
         type="timeout",
         message=f"a step of the job did not return within the {limit_s:g} s hard time limit; "

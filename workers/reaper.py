@@ -14,8 +14,8 @@ from shared.config import Settings
 from shared.jobs import JobStatus, now
 from shared.payloads import PayloadStore
 from shared.registry import Registry
-from shared.results import PREFIX, IllegalTransition, ResultStore
-from shared.sweeper import sweep_if_due
+from shared.store.jobs import PREFIX, IllegalTransition, JobStore
+from shared.store.sweeper import sweep_if_due
 from shared.webhooks import WebhookNotifier
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class Reaper:
 
     def __init__(
         self,
-        store: ResultStore,
+        store: JobStore,
         registry: Registry,
         app: Celery,
         settings: Settings,

@@ -24,12 +24,12 @@ from shared.celery_app import (
 )
 from shared.config import Settings
 from shared.errors import JobFailure
-from shared.fleet import COMMANDS_CHANNEL, Fleet
 from shared.inputs import parse_input
 from shared.jobs import JobError, JobRecord, now
 from shared.payloads import PayloadStore
 from shared.registry import ModelSpec, Registry
-from shared.results import Claim, IllegalTransition, ResultStore, connect
+from shared.store.fleet import COMMANDS_CHANNEL, Fleet
+from shared.store.jobs import Claim, IllegalTransition, JobStore, connect
 from shared.webhooks import WebhookNotifier
 from workers.backends import backend_class
 from workers.backends.base import Backend, JobContext, Result
@@ -59,7 +59,7 @@ class WorkerRuntime:
         self.registry = registry
         self.spec = spec
         self.worker_id = f"{spec.id}@{socket.gethostname()}:{os.getpid()}"
-        self.store = ResultStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s)
+        self.store = JobStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s)
         self.payloads = PayloadStore(settings.payload_location, max_bytes=settings.max_media_bytes)
         self.fleet = Fleet(self.store.r)
         if send_webhook is None:

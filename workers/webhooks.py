@@ -29,12 +29,12 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 
 from shared.celery_app import DELIVER_WEBHOOK, WEBHOOK_QUEUE, enqueue_webhook, make_celery
 from shared.config import Settings
-from shared.fleet import Fleet
 from shared.jobs import JobRecord, WebhookDelivery, now
 from shared.logs import bind_log_fields, log_scope
 from shared.metrics.store import MetricsStore
 from shared.registry import load_registry
-from shared.results import ResultStore, connect
+from shared.store.fleet import Fleet
+from shared.store.jobs import JobStore, connect
 from shared.webhooks import (
     DONE,
     SNAPSHOT_KEY,
@@ -60,7 +60,7 @@ class Deliverer:
     def __init__(
         self,
         settings: Settings,
-        store: ResultStore,
+        store: JobStore,
         app: Celery,
         *,
         resolve: Resolver = socket.getaddrinfo,
@@ -306,7 +306,7 @@ def _trim(deliveries: list[WebhookDelivery]) -> None:
 def build_webhook_app(settings: Settings) -> Celery:
     """Return the Celery app of the webhook worker, with its task and heartbeat."""
     app = make_celery(settings, load_registry(settings.registry))
-    store = ResultStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s)
+    store = JobStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s)
     deliverer = Deliverer(settings, store, app)
     metrics = MetricsStore(store.r)
     fleet = Fleet(store.r)

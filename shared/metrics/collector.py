@@ -20,12 +20,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from shared.fleet import Fleet
 from shared.jobs import JobStatus
 from shared.metrics import store as m
 from shared.metrics.store import MetricsStore, Samples
 from shared.registry import Registry
-from shared.results import ResultStore
+from shared.store.fleet import Fleet
+from shared.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class FleetCollector(Collector):
     """Yield the fleet's metrics from Redis on every scrape."""
 
     def __init__(
-        self, metrics: MetricsStore, store: ResultStore, fleet: Fleet, registry: Registry
+        self, metrics: MetricsStore, store: JobStore, fleet: Fleet, registry: Registry
     ) -> None:
         self.metrics = metrics
         self.store = store

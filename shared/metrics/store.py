@@ -19,7 +19,7 @@ import redis
 
 from shared.jobs import JobRecord, JobStatus
 
-# Under the result store's prefix (shared/results.py imports this module, not the reverse:
+# Under the result store's prefix (shared/store/jobs.py imports this module, not the reverse:
 # it counts a job's end inside the write that ends it).
 METRICS_KEY = "conveyor:metrics"
 

@@ -15,7 +15,7 @@ import psutil
 import pytest
 import requests
 
-from shared.redis_server import free_port
+from shared.processes.redis_server import free_port
 from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -30,7 +30,7 @@ class Up:
             [
                 sys.executable,
                 "-m",
-                "shared.cli",
+                "shared.cli.main",
                 "up",
                 "--data-dir",
                 str(data_dir),

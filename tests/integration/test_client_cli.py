@@ -1,4 +1,4 @@
-"""The Python client (shared/client.py) and the `conveyor` CLI on top of it, end to end
+"""The Python client (shared/client/) and the `conveyor` CLI on top of it, end to end
 against gunicorn and real workers; the CLI runs as `.venv/bin/conveyor` subprocesses."""
 
 from __future__ import annotations

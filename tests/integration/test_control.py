@@ -15,7 +15,7 @@ import yaml
 
 from shared.config import DEFAULT_REGISTRY
 from shared.jobs import JobRecord, new_job_id, now
-from shared.sweeper import LOCK_KEY
+from shared.store.sweeper import LOCK_KEY
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(300)

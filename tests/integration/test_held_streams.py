@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from bench.held_streams import HeldOptions, hold, probe, start_long_jobs
-from shared.gunicorn_command import raise_open_files_limit
+from shared.processes.gunicorn import raise_open_files_limit
 from tests.conftest import wait_for
 from tests.webhook_receiver import sse_frames
 

@@ -10,8 +10,8 @@ import redis
 import yaml
 
 from shared.config import DEFAULT_REGISTRY
-from shared.fleet import Fleet
-from shared.results import ResultStore
+from shared.store.fleet import Fleet
+from shared.store.jobs import JobStore
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(600)
@@ -47,7 +47,7 @@ def client(registry, make_settings, start_worker, make_app):
 
         wait_for(ready, 300, what=f"worker {w.model}")
     app = make_app(settings)
-    app.conveyor_store = ResultStore(
+    app.conveyor_store = JobStore(
         redis.Redis.from_url(settings.redis_url, decode_responses=True), ttl_s=600
     )
     return app.test_client()

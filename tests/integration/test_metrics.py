@@ -12,9 +12,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.gunicorn_command import gunicorn_command, open_files_needed, raise_open_files_limit
 from shared.metrics.store import QUEUE_BUCKETS, RUN_BUCKETS, TTFT_BUCKETS
-from shared.redis_server import free_port
+from shared.processes.gunicorn import gunicorn_command, open_files_needed, raise_open_files_limit
+from shared.processes.redis_server import free_port
 from tests.conftest import ROOT, settings_env, wait_for
 from tests.webhook_receiver import Receiver, start_webhook_worker
 

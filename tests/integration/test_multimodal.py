@@ -13,8 +13,8 @@ import pytest
 import redis
 import yaml
 
-from shared.fleet import Fleet
-from shared.results import ResultStore
+from shared.store.fleet import Fleet
+from shared.store.jobs import JobStore
 from tests.conftest import wait_for
 from tests.integration import media_samples as media
 from tests.integration.tiny_models import BUILDERS
@@ -112,7 +112,7 @@ def client(tmp_path_factory, make_settings, start_worker, make_app):
         + ["tiny-qwen2-vl-fp4", "tiny-qwen25-omni-full-nf4"],
     )
     app = make_app(settings)
-    app.conveyor_store = ResultStore(
+    app.conveyor_store = JobStore(
         redis.Redis.from_url(settings.redis_url, decode_responses=True), ttl_s=600
     )
     return app.test_client()

@@ -10,7 +10,7 @@ import pytest
 from shared.celery_app import make_celery
 from shared.jobs import JobRecord, Webhook, new_job_id, now
 from shared.registry import load_registry
-from shared.results import ResultStore, connect
+from shared.store.jobs import JobStore, connect
 from shared.webhooks import SNAPSHOT_KEY, WebhookNotifier
 from tests.conftest import wait_for
 from tests.webhook_receiver import Receiver, start_webhook_worker, verify_standard_webhook
@@ -38,7 +38,7 @@ def settings(make_settings):
 
 @pytest.fixture(scope="module")
 def store(settings):
-    return ResultStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s)
+    return JobStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from shared.errors import ModelNotAvailable
-from shared.redis_server import free_port
+from shared.processes.redis_server import free_port
 from shared.registry import load_registry
 from tests.conftest import ROOT, settings_env, wait_for
 from workers.backends.llamacpp import LlamaCppBackend
@@ -32,7 +32,7 @@ def worker_cli(settings, model: str) -> subprocess.CompletedProcess:
     """Run `conveyor worker --model MODEL` to its end (these workers fail at start)."""
     env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", "worker", "--model", model],
+        [sys.executable, "-m", "shared.cli.main", "worker", "--model", model],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -173,7 +173,7 @@ def test_conveyor_up_stops_with_the_log_tail_when_a_model_crashes_at_warm_up(tmp
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "shared.cli.main",
             "up",
             "--model",
             "crashy",

@@ -13,7 +13,7 @@ import redis
 from shared.celery_app import broker_keys, enqueue_job, make_celery
 from shared.jobs import JobRecord, Priority, new_job_id, now
 from shared.registry import load_registry
-from shared.results import ResultStore
+from shared.store.jobs import JobStore
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(240)
 
 def status_events(settings, job_id: str) -> list[str]:
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    entries = client.xrange(ResultStore.events_key(job_id))
+    entries = client.xrange(JobStore.events_key(job_id))
     return [json.loads(f["data"])["status"] for _id, f in entries if f["event"] == "status"]
 
 
@@ -153,7 +153,7 @@ def test_a_queued_job_whose_message_was_lost_is_sent_again(make_settings, start_
     settings = make_settings(redeliver_after_s=1.0)
     worker = start_worker(settings, "echo")
     client = make_app(settings).test_client()
-    store = ResultStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), ttl_s=600)
+    store = JobStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), ttl_s=600)
     # Accepted and recorded, but its message never reached the broker's list.
     lost = store.create(
         JobRecord(id=new_job_id(), model="echo", task="echo", created_at=now(), input={"n": 1})

@@ -18,7 +18,7 @@ import pytest
 import redis
 import yaml
 
-from shared.fleet import Fleet
+from shared.store.fleet import Fleet
 from tests.conftest import ROOT, settings_env, wait_for
 from tests.integration.tiny_models import build_bert_classifier
 
@@ -188,7 +188,7 @@ def _cli(args, settings, registry, **env):
     full = {**os.environ, **settings_env(settings), "CONVEYOR_REGISTRY": str(registry), **env}
     full.pop("HF_TOKEN", None)
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "shared.cli.main", *args],
         env=full,
         cwd=ROOT,
         capture_output=True,

@@ -782,7 +782,7 @@ sys.meta_path.insert(0, NoTorch())
 def test_the_web_image_modules_import_without_torch():
     # What the web image runs: gunicorn's target (from `conveyor web`) and the webhook worker.
     target = re.search(
-        r'"(web\.[\w.]+:\w+)"', (ROOT / "shared" / "gunicorn_command.py").read_text()
+        r'"(web\.[\w.]+:\w+)"', (ROOT / "shared" / "processes" / "gunicorn.py").read_text()
     )[1]
     module, attr = target.split(":")
     code = _NO_TORCH + (

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from shared.event_buffer import EventBuffer
 from shared.jobs import JobRecord, new_job_id, now
-from shared.results import Claim, ResultStore, connect
+from shared.store.event_buffer import EventBuffer
+from shared.store.jobs import Claim, JobStore, connect
 
 
 class Clock:
@@ -47,7 +47,7 @@ def test_a_failed_write_raises_like_an_unbatched_one():
 
 @pytest.fixture
 def store(redis_db):
-    return ResultStore(connect(redis_db()), ttl_s=120)
+    return JobStore(connect(redis_db()), ttl_s=120)
 
 
 def test_batched_tokens_land_before_the_final_status(store):

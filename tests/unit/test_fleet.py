@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from shared.fleet import INDEX_KEEP_S, INDEX_KEY, WORKER_KEY, Fleet
+from shared.store.fleet import INDEX_KEEP_S, INDEX_KEY, WORKER_KEY, Fleet
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import struct
 import click
 import pytest
 
+from shared.cli.client import parse_pairs
 from shared.client import Event, parse_sse
-from shared.client_cli import parse_pairs
 from shared.errors import InvalidInput, NotFound, RateLimited, ServiceUnavailable
 from shared.jobs import JobMetrics, JobRecord, JobStatus
 from shared.registry import ModelSpec

@@ -8,13 +8,13 @@ import time
 import pytest
 
 from shared.jobs import JobRecord, new_job_id, now
-from shared.results import Claim, ResultStore, connect
+from shared.store.jobs import Claim, JobStore, connect
 from web.job_feeds import JobFeeds
 
 
 @pytest.fixture
 def store(redis_db):
-    return ResultStore(connect(redis_db()), ttl_s=120)
+    return JobStore(connect(redis_db()), ttl_s=120)
 
 
 def running(store) -> JobRecord:

@@ -10,7 +10,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.config import Settings
-from shared.fleet import Fleet
 from shared.jobs import JobError, JobRecord, Priority, new_job_id, now
 from shared.metrics.collector import EXPOSED, FleetCollector
 from shared.metrics.store import (
@@ -21,15 +20,16 @@ from shared.metrics.store import (
     http_writes,
 )
 from shared.registry import load_registry
-from shared.results import IllegalTransition, QueueFull, ResultStore, connect
+from shared.store.fleet import Fleet
+from shared.store.jobs import IllegalTransition, JobStore, QueueFull, connect
 
 
 @pytest.fixture
 def store(redis_db):
-    return ResultStore(connect(redis_db()), ttl_s=120)
+    return JobStore(connect(redis_db()), ttl_s=120)
 
 
-def scrape(store: ResultStore, fleet: Fleet | None = None) -> dict[tuple[str, tuple], float]:
+def scrape(store: JobStore, fleet: Fleet | None = None) -> dict[tuple[str, tuple], float]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
         FleetCollector(
@@ -251,6 +251,6 @@ def test_http_and_workers(store):
 
 
 def test_a_scrape_without_redis_says_so(redis_server):
-    dead = ResultStore(connect("redis://127.0.0.1:1/0", socket_connect_timeout=0.5), ttl_s=60)
+    dead = JobStore(connect("redis://127.0.0.1:1/0", socket_connect_timeout=0.5), ttl_s=60)
     s = scrape(dead)
     assert s == {("conveyor_redis_up", ()): 0.0}

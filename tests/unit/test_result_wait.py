@@ -1,4 +1,4 @@
-"""ResultStore.wait on a real Redis: token events do not cost a record read each."""
+"""JobStore.wait on a real Redis: token events do not cost a record read each."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import time
 import pytest
 
 from shared.jobs import JobRecord, new_job_id, now
-from shared.results import Claim, ResultStore, connect
+from shared.store.jobs import Claim, JobStore, connect
 
 
-class CountingStore(ResultStore):
+class CountingStore(JobStore):
     """A result store that counts record reads."""
 
     gets = 0

@@ -8,13 +8,13 @@ import time
 import pytest
 
 from shared.jobs import JobError, JobRecord, JobStatus, Priority, new_job_id, now
-from shared.results import Claim, IllegalTransition, QueueFull, ResultStore, connect
+from shared.store.jobs import Claim, IllegalTransition, JobStore, QueueFull, connect
 from tests.conftest import wait_for
 
 
 @pytest.fixture
 def store(redis_db):
-    return ResultStore(connect(redis_db()), ttl_s=120)
+    return JobStore(connect(redis_db()), ttl_s=120)
 
 
 def queued(store, model="echo") -> JobRecord:
@@ -128,7 +128,7 @@ def test_events_replay_in_order_and_wait_wakes_on_end(store):
 
 
 def test_records_expire_with_the_ttl(redis_db):
-    store = ResultStore(connect(redis_db()), ttl_s=1)
+    store = JobStore(connect(redis_db()), ttl_s=1)
     job = queued(store)
     store.add_event(job.id, "token", {"text": "x"})
     assert store.r.ttl(store.job_key(job.id)) <= 1
@@ -176,8 +176,8 @@ def _race(n, fn):
 
 def test_racing_claims_let_exactly_one_worker_run(redis_db):
     url = redis_db()
-    job = queued(ResultStore(connect(url), ttl_s=120))
-    stores = [ResultStore(connect(url), ttl_s=120) for _ in range(8)]
+    job = queued(JobStore(connect(url), ttl_s=120))
+    stores = [JobStore(connect(url), ttl_s=120) for _ in range(8)]
     claims = _race(8, lambda i: stores[i].claim(job.id, f"w{i}", lease_s=5, max_deliveries=3))
     assert sorted(claims) == sorted([Claim.RUN] + [Claim.DUPLICATE] * 7)
     rec = stores[0].get(job.id)
@@ -186,10 +186,10 @@ def test_racing_claims_let_exactly_one_worker_run(redis_db):
 
 def test_racing_finishes_end_a_job_once(redis_db):
     url = redis_db()
-    store = ResultStore(connect(url), ttl_s=120)
+    store = JobStore(connect(url), ttl_s=120)
     job = queued(store)
     store.claim(job.id, "w1", lease_s=5, max_deliveries=3)
-    stores = [ResultStore(connect(url), ttl_s=120) for _ in range(6)]
+    stores = [JobStore(connect(url), ttl_s=120) for _ in range(6)]
     ends = [
         lambda s: s.mark_succeeded(job.id, {"n": 1}),
         lambda s: s.mark_canceled(job.id),
@@ -239,7 +239,7 @@ def test_a_lease_that_appears_between_read_and_write_is_seen(store):
 
 def test_queue_limit_holds_under_racing_submits(redis_db):
     url = redis_db()
-    stores = [ResultStore(connect(url), ttl_s=120) for _ in range(10)]
+    stores = [JobStore(connect(url), ttl_s=120) for _ in range(10)]
     jobs = [
         JobRecord(id=new_job_id(), model="echo", task="echo", created_at=now()) for _ in range(10)
     ]

@@ -22,8 +22,8 @@ from shared.config import Settings
 from shared.jobs import JobRecord, JobStatus, Webhook, new_job_id, now
 from shared.payloads import PayloadStore
 from shared.registry import ModelSpec
-from shared.results import Claim, ResultStore, connect
-from shared.sweeper import sweep_if_due, sweep_payloads
+from shared.store.jobs import Claim, JobStore, connect
+from shared.store.sweeper import sweep_if_due, sweep_payloads
 from shared.webhooks import (
     SNAPSHOT_KEY,
     WebhookNotifier,
@@ -272,7 +272,7 @@ def test_job_deadline_is_capped_by_the_model_and_celery_limits_sit_past_it():
 
 @pytest.fixture(scope="module")
 def store(redis_db):
-    return ResultStore(connect(redis_db()), ttl_s=120)
+    return JobStore(connect(redis_db()), ttl_s=120)
 
 
 def job_with(store, events=("start", "output", "completed"), **fields) -> JobRecord:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 
 from shared.payloads import PayloadStore
-from shared.results import PREFIX, ResultStore
+from shared.store.jobs import PREFIX, JobStore
 
 log = logging.getLogger(__name__)
 
 LOCK_KEY = PREFIX + ":sweep-lock"
 
 
-def sweep_payloads(store: ResultStore, payloads: PayloadStore, *, grace_s: float) -> list[str]:
+def sweep_payloads(store: JobStore, payloads: PayloadStore, *, grace_s: float) -> list[str]:
     """Delete payloads of ended jobs now, and of jobs with no record once older than grace_s.
 
     A job with no record may be one a submit is writing right now (media are stored just
@@ -39,7 +39,7 @@ def sweep_payloads(store: ResultStore, payloads: PayloadStore, *, grace_s: float
 
 
 def sweep_if_due(
-    store: ResultStore, payloads: PayloadStore, *, interval_s: float, grace_s: float, owner: str
+    store: JobStore, payloads: PayloadStore, *, interval_s: float, grace_s: float, owner: str
 ) -> list[str] | None:
     """Sweep unless another process of the fleet swept within interval_s; None if skipped."""
     if not store.r.set(LOCK_KEY, owner, nx=True, px=int(interval_s * 1000)):

@@ -1,4 +1,4 @@
-"""The result store: job records, their state machine and event log, in Redis."""
+"""The job store: job records, their state machine and event log, in Redis."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any
 
 import redis
 
-from shared import store_scripts as scripts
-from shared.event_buffer import Event, EventBuffer
 from shared.jobs import TERMINAL, JobError, JobRecord, JobStatus, Priority, now
 from shared.metrics import store as metrics
+from shared.store import scripts
+from shared.store.event_buffer import Event, EventBuffer
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def connect(url: str, *, pool_size: int | None = None, **kwargs) -> redis.Redis:
     return redis.Redis(connection_pool=pool)
 
 
-class ResultStore:
+class JobStore:
     """Job records in Redis; every state change goes through a mark_* method."""
 
     def __init__(self, client: redis.Redis, *, ttl_s: int) -> None:
@@ -561,7 +561,7 @@ class StreamReader:
     wakes a blocked read so that a job added since joins the next one at once.
     """
 
-    def __init__(self, store: ResultStore) -> None:
+    def __init__(self, store: JobStore) -> None:
         self._store = store
         self._r: redis.Redis | None = None  # connected at the first read, not at start-up
         self._client_id: int | None = None

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from shared.results import PREFIX
+from shared.store.jobs import PREFIX
 
 WORKER_KEY = PREFIX + ":worker:{}"
 # Ids of workers that published lately, so listing them never scans the whole keyspace

@@ -53,7 +53,7 @@ def gunicorn_command(
         "--graceful-timeout",
         str(GRACEFUL_TIMEOUT_S),
         "--logger-class",  # gunicorn's own lines in CONVEYOR_LOG_FORMAT too
-        "shared.gunicorn_logger.GunicornLogger",
+        "shared.processes.gunicorn_logger.GunicornLogger",
     ]
     if access_log:
         cmd += ["--access-logfile", "-"]

@@ -1,4 +1,4 @@
-"""The Lua scripts of the result store (shared/results.py), each one round trip."""
+"""The Lua scripts of the result store (shared/store/jobs.py), each one round trip."""
 
 # Renew a lease only while we still hold it.
 RENEW = """
@@ -54,7 +54,7 @@ end
 return out
 """
 
-# The write half of ResultStore._update: run the given commands only if the record is
+# The write half of JobStore._update: run the given commands only if the record is
 # still the one read and a lease still exists (or not) as it did. KEYS: record, lease.
 # ARGV: record as read, 1/0 leased, number of commands, then each as (count, words...).
 # The commands name their own keys (one job's keys): fine on one Redis server, which is

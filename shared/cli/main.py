@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from shared.client_cli import (
+from shared.cli.client import (
     json_option,
     key_option,
     live_url_option,
@@ -58,8 +58,8 @@ def main() -> None:
 )
 def up(models, host, port, data_dir, redis_url, flower, flower_port, threads) -> None:
     """Run the whole stack on this machine: Redis, web, workers (and Flower)."""
+    from shared.processes.supervisor import Interrupted, Stack, StackConfig, StartupFailed
     from shared.registry import load_registry
-    from shared.supervisor import Interrupted, Stack, StackConfig, StartupFailed
 
     settings = _settings(data_dir=data_dir)
     setup_logging(settings.log_level, settings.log_format, capture_output=True)
@@ -150,7 +150,11 @@ def web(host, port, workers) -> None:
     """Serve the HTTP API with gunicorn (what the web container runs)."""
     import os
 
-    from shared.gunicorn_command import gunicorn_command, open_files_needed, raise_open_files_limit
+    from shared.processes.gunicorn import (
+        gunicorn_command,
+        open_files_needed,
+        raise_open_files_limit,
+    )
 
     settings = _settings()
     raise_open_files_limit(open_files_needed(settings))

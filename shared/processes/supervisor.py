@@ -19,9 +19,9 @@ import redis
 import requests
 
 from shared.config import Settings
-from shared.fleet import Fleet
-from shared.gunicorn_command import gunicorn_command, open_files_needed, raise_open_files_limit
-from shared.redis_server import find_redis_server, free_port, redis_command
+from shared.processes.gunicorn import gunicorn_command, open_files_needed, raise_open_files_limit
+from shared.processes.redis_server import find_redis_server, free_port, redis_command
+from shared.store.fleet import Fleet
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -122,7 +122,7 @@ class Stack:
         return env
 
     def _conveyor(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "shared.cli", *args]
+        return [sys.executable, "-m", "shared.cli.main", *args]
 
     def _redis_child(self) -> Child:
         binary = find_redis_server()

@@ -1,0 +1,1 @@
+"""Process plumbing: the embedded Redis, the gunicorn command, the `conveyor up` supervisor."""

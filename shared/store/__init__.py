@@ -1,0 +1,1 @@
+"""The job store: the job state machine, its events, leases and the fleet, in Redis."""
