@@ -124,6 +124,7 @@ def _banner(host, port, models, model, stack, flower, flower_port) -> None:
     click.echo(
         f"""
 conveyor is up at {base}   (models: {", ".join(models)}; redis: {stack.redis_url})
+page: {base}/   (open it in a browser: playground and live fleet view)
 logs: {stack.logs}
 {f"flower: http://{host}:{flower_port}" if flower else ""}
 try it:
