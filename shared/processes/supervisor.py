@@ -3,28 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 import requests
 
 from shared.config import Settings
+from shared.processes.child import Child, child_env
 from shared.processes.gunicorn import gunicorn_command, open_files_needed, raise_open_files_limit
 from shared.processes.redis_server import find_redis_server, free_port, redis_command
 from shared.store.fleet import Fleet
 
 log = logging.getLogger(__name__)
-PR_SET_PDEATHSIG = 1
 
 
 class Interrupted(Exception):
@@ -33,55 +31,6 @@ class Interrupted(Exception):
 
 class StartupFailed(Exception):
     """A child died or never became ready while the stack was starting."""
-
-
-def _die_with_parent() -> None:
-    # Runs in the child before exec: if the supervisor is killed, the kernel ends the child too.
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-@dataclass
-class Child:
-    """One supervised process with its own log file and process group."""
-
-    name: str
-    cmd: list[str]
-    env: dict[str, str]
-    log_path: Path
-    ready: Callable[[], bool]
-    restart: bool = True
-    proc: subprocess.Popen | None = None
-    restarts: list[float] = field(default_factory=list)
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
-        self.proc = subprocess.Popen(
-            self.cmd,
-            env=self.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        out.close()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def signal(self, sig: int) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, sig)
 
 
 @dataclass
@@ -113,13 +62,10 @@ class Stack:
 
     # building
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["CONVEYOR_REDIS_URL"] = self.redis_url
-        env["CONVEYOR_DATA_DIR"] = str(self.data_dir)
-        env.setdefault("PYTHONUNBUFFERED", "1")
+        env = {"CONVEYOR_REDIS_URL": self.redis_url, "CONVEYOR_DATA_DIR": str(self.data_dir)}
         if self.cfg.cpu_threads:
             env["CONVEYOR_CPU_THREADS"] = str(self.cfg.cpu_threads)
-        return env
+        return child_env(extra=env)
 
     def _conveyor(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "shared.cli.main", *args]
@@ -155,7 +101,7 @@ class Stack:
         )
 
     def _worker_child(self, model: str) -> Child:
-        fleet = Fleet(redis.Redis.from_url(self.redis_url, decode_responses=True))
+        fleet = Fleet.from_url(self.redis_url)
         return Child(
             f"worker-{model}",
             self._conveyor("worker", "--model", model),
@@ -167,7 +113,7 @@ class Stack:
         )
 
     def _webhook_child(self) -> Child:
-        fleet = Fleet(redis.Redis.from_url(self.redis_url, decode_responses=True))
+        fleet = Fleet.from_url(self.redis_url)
         child = Child(
             "webhooks",
             self._conveyor("webhook-worker"),

@@ -26,6 +26,11 @@ class Fleet:
         self.r = client
         self.ttl_s = ttl_s
 
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Fleet:
+        """Return a Fleet on its own connection pool to the Redis at url."""
+        return cls(redis.Redis.from_url(url, decode_responses=True), **kwargs)
+
     def publish(self, worker_id: str, info: dict[str, Any]) -> None:
         """Record that a worker is alive, with its facts (model, memory, jobs done...)."""
         pipe = self.r.pipeline(transaction=False)
