@@ -149,6 +149,21 @@ class Settings(BaseSettings):
         "n_threads; default: the physical cores this process may use. Set it when several "
         "workers share a machine.",
     )
+    keep_alive_s: float = Field(
+        300.0,
+        ge=0,
+        le=7 * 86_400,
+        description="`conveyor up`: seconds an on-demand worker stays idle before it stops "
+        "(0: it never stops). Workers of models named with --model always stay up.",
+    )
+    max_workers: int = Field(
+        3,
+        ge=1,
+        le=256,
+        description="`conveyor up`: most model workers running at once, those named with "
+        "--model included; an on-demand start first stops the least recently used idle "
+        "on-demand worker.",
+    )
     log_level: str = Field("INFO", description="Log level of every component.")
     log_format: Literal["text", "json"] = Field(
         "text",
