@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.errors import InputRejected, InvalidInput
 from shared.registry import ModelSpec
+from shared.validation import validate
 
 
 class MediaRef(BaseModel):
@@ -196,13 +197,7 @@ def parse_input(task: str, data: dict[str, Any], spec: ModelSpec) -> BaseModel:
 
     :raises InvalidInput: naming the first bad field.
     """
-    try:
-        parsed = INPUTS[task].model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        param = f"input.{loc}" if loc else "input"
-        raise InvalidInput(f"{param}: {err['msg']}", param=param) from None
+    parsed = validate(INPUTS[task], data, prefix="input")
     max_tokens = getattr(parsed, "max_tokens", None)
     if max_tokens is not None and max_tokens > spec.limits.max_tokens:
         raise InvalidInput(
