@@ -141,6 +141,12 @@ class Settings(BaseSettings):
         False,
         description="Send Celery task events from the start (Flower turns them on while it runs).",
     )
+    auto_pull: bool = Field(
+        True,
+        description="A worker whose hub model is not in the Hugging Face cache downloads it "
+        "at start (HF_TOKEN, HF_ENDPOINT and the entry's revision apply); false: it exits "
+        "saying how to get it.",
+    )
     cpu_threads: int | None = Field(
         None,
         ge=1,
