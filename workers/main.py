@@ -23,6 +23,7 @@ from celery.worker.request import Request
 from shared.celery_app import RUN_JOB, enqueue_webhook, make_celery
 from shared.config import Settings
 from shared.errors import ConveyorError
+from shared.hub import ensure_weights
 from shared.jobs import JobError
 from shared.payloads import PayloadStore
 from shared.registry import ModelSpec, load_registry, resolve_source
@@ -247,6 +248,7 @@ def run_worker(
             f"model {model!r} is not in {settings.registry}; known: {[s.id for s in registry]}"
         )
     try:
+        ensure_weights(spec, settings)  # CONVEYOR_AUTO_PULL
         resolve_source(spec)
     except ConveyorError as exc:
         raise WorkerStartError(exc.message) from None
