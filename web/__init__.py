@@ -14,6 +14,7 @@ from shared.payloads import PayloadStore
 from shared.registry import Registry, load_registry
 from shared.store.fleet import Fleet
 from shared.store.jobs import JobStore, connect
+from shared.store.on_demand import OnDemandBoard
 from web.dispatch import Dispatcher
 from web.errors import register_error_handlers
 from web.hold_limit import HoldLimit
@@ -49,7 +50,14 @@ def build_services(settings: Settings) -> Services:
     payloads = PayloadStore(settings.payload_location, max_bytes=settings.max_media_bytes)
     fleet = Fleet(client)
     jobs = JobService(
-        settings, registry, store, payloads, Dispatcher(settings, registry), fleet, JobFeeds(store)
+        settings,
+        registry,
+        store,
+        payloads,
+        Dispatcher(settings, registry),
+        fleet,
+        JobFeeds(store),
+        on_demand=OnDemandBoard(client),
     )
     holds = HoldLimit(settings.max_held_requests)
     return Services(settings, registry, client, store, payloads, fleet, jobs, holds)

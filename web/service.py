@@ -25,6 +25,7 @@ from shared.payloads import PayloadStore
 from shared.registry import ModelSpec, Registry, resolve_source
 from shared.store.fleet import Fleet
 from shared.store.jobs import IllegalTransition, JobStore, QueueFull
+from shared.store.on_demand import Board, OnDemandBoard
 from shared.store.sweeper import sweep_payloads
 from shared.webhooks import WebhookNotifier, check_target
 from web.dispatch import Dispatcher
@@ -38,6 +39,7 @@ ONLINE_CACHE_S = 1.0
 # process: requests that name no model get it.
 CURRENT_CHAT_MODEL_KEY = "conveyor:current_chat_model"
 NO_WORKER = "no worker is online for model {}; the job stays queued until one starts"
+STARTING = "no worker is online for model {}; conveyor up is starting one for it"
 
 
 class JobRequest(BaseModel):
@@ -82,6 +84,7 @@ class JobService:
         dispatcher: Dispatcher,
         fleet: Fleet,
         feeds: JobFeeds,
+        on_demand: OnDemandBoard | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -90,6 +93,7 @@ class JobService:
         self.dispatcher = dispatcher
         self.fleet = fleet
         self.feeds = feeds
+        self.on_demand = on_demand
         self.webhook_hook = self._check_webhook_target
         # Jobs canceled while queued end here, so their `completed` webhook starts here too.
         self.notifier = WebhookNotifier(
@@ -147,7 +151,7 @@ class JobService:
         except Exception:
             self.payloads.delete(job_id)
             raise
-        if need_worker and not self.fleet.workers(spec.id):
+        if need_worker and not self.fleet.workers(spec.id) and not self._board().can_start(spec.id):
             self.payloads.delete(job_id)
             raise ServiceUnavailable(
                 f"model {spec.id} has no worker online, so this request cannot be answered; "
@@ -169,7 +173,8 @@ class JobService:
             webhook=webhook,
         )
         if not self._worker_online(spec.id):
-            job.notice = NO_WORKER.format(spec.id)
+            starting = self._board().can_start(spec.id)
+            job.notice = (STARTING if starting else NO_WORKER).format(spec.id)
         try:
             self.store.create(job, max_queued=self.settings.max_queued_per_model)
         except QueueFull as exc:
@@ -263,6 +268,10 @@ class JobService:
         """Return how many of its model's jobs wait ahead of a queued job (None if not queued)."""
         return self.store.queue_position(job)
 
+    def _board(self) -> Board:
+        """Return what `conveyor up` starts on demand (empty without `conveyor up`)."""
+        return self.on_demand.read() if self.on_demand is not None else Board()
+
     def list(self, status: str | None, model: str | None, limit: int) -> list[JobRecord]:
         """Return recent jobs, newest first."""
         return self.store.list(status=status, model=model, limit=limit)
@@ -270,6 +279,7 @@ class JobService:
     def models(self) -> list[dict[str, Any]]:
         """Return the registry with live facts: queue depth, workers online, loaded."""
         out = []
+        board = self._board()
         for spec in self.registry:
             workers = self.fleet.workers(spec.id)
             out.append(
@@ -289,6 +299,11 @@ class JobService:
                     "queue_depth": self.store.queue_depth(spec.id),
                     "workers_online": len(workers),
                     "loaded": any(w.get("loaded") for w in workers),
+                    # conveyor up starts a worker for it when a job arrives; when it stops
+                    "on_demand": {
+                        "startable": board.can_start(spec.id),
+                        "worker": board.workers.get(spec.id),
+                    },
                     "limits": spec.limits.model_dump(),
                 }
             )

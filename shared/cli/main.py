@@ -56,8 +56,46 @@ def main() -> None:
     help="CPU threads per llama.cpp worker [default: the physical cores; "
     "CONVEYOR_CPU_THREADS]. Lower it when several models share the machine.",
 )
-def up(models, host, port, data_dir, redis_url, flower, flower_port, threads) -> None:
-    """Run the whole stack on this machine: Redis, web, workers (and Flower)."""
+@click.option(
+    "--keep-alive",
+    "keep_alive",
+    type=click.FloatRange(0, 7 * 86_400),
+    default=None,
+    help="Seconds an on-demand worker stays idle before it stops; 0: never "
+    "[default: 300; CONVEYOR_KEEP_ALIVE_S].",
+)
+@click.option(
+    "--max-workers",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Most model workers at once, --model ones included; an on-demand start stops the "
+    "least recently used idle one first [default: 3; CONVEYOR_MAX_WORKERS].",
+)
+@click.option(
+    "--on-demand/--no-on-demand",
+    default=True,
+    show_default=True,
+    help="Start a worker when a job arrives for a model whose weights are here.",
+)
+def up(
+    models,
+    host,
+    port,
+    data_dir,
+    redis_url,
+    flower,
+    flower_port,
+    threads,
+    keep_alive,
+    max_workers,
+    on_demand,
+) -> None:
+    """Run the whole stack on this machine: Redis, web, workers (and Flower).
+
+    Models named with --model get a worker at once and keep it. Any other registered model
+    whose weights are on this machine gets one when a job arrives for it, which stops after
+    --keep-alive seconds idle.
+    """
     from shared.processes.supervisor import Interrupted, Stack, StackConfig, StartupFailed
     from shared.registry import load_registry
 
@@ -78,6 +116,9 @@ def up(models, host, port, data_dir, redis_url, flower, flower_port, threads) ->
             flower=flower,
             flower_port=flower_port,
             cpu_threads=threads,
+            on_demand=on_demand,
+            keep_alive_s=settings.keep_alive_s if keep_alive is None else keep_alive,
+            max_workers=max_workers or settings.max_workers,
         )
     )
 
@@ -121,10 +162,18 @@ def _say(
 
 def _banner(host, port, models, model, stack, flower, flower_port) -> None:
     base = f"http://{host}:{port}"
+    later = ""
+    if stack.on_demand is not None:
+        others = [m for m in stack.on_demand.startable() if m not in models]
+        later = (
+            f"on demand: {', '.join(others) or '(no other model has its weights here)'} "
+            f"(a worker starts when a job arrives; stops after {stack.cfg.keep_alive_s:g} s "
+            f"idle; at most {stack.cfg.max_workers} workers)\n"
+        )
     click.echo(
         f"""
 conveyor is up at {base}   (models: {", ".join(models)}; redis: {stack.redis_url})
-page: {base}/   (open it in a browser: playground and live fleet view)
+{later}page: {base}/   (open it in a browser: playground and live fleet view)
 logs: {stack.logs}
 {f"flower: http://{host}:{flower_port}" if flower else ""}
 try it:

@@ -19,7 +19,9 @@ import requests
 from shared.config import Settings
 from shared.processes.child import Child, child_env
 from shared.processes.gunicorn import gunicorn_command, open_files_needed, raise_open_files_limit
+from shared.processes.on_demand import OnDemand
 from shared.processes.redis_server import find_redis_server, free_port, redis_command
+from shared.registry import load_registry
 from shared.store.fleet import Fleet
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,9 @@ class StackConfig:
     startup_timeout_s: float = 300.0
     webhook_worker: bool = True
     cpu_threads: int | None = None  # CONVEYOR_CPU_THREADS for the workers
+    on_demand: bool = True  # start workers for other models when jobs arrive for them
+    keep_alive_s: float = 300.0  # an idle on-demand worker stops after this long
+    max_workers: int = 3  # model workers at once, pinned ones (models) included
 
 
 class Stack:
@@ -57,6 +62,7 @@ class Stack:
         self.logs = self.data_dir / "logs"
         self.children: list[Child] = []
         self.redis_url = cfg.redis_url
+        self.on_demand: OnDemand | None = None
         # Set from signal handlers; checked between steps so no signal interrupts a spawn.
         self._stop = threading.Event()
 
@@ -164,6 +170,19 @@ class Stack:
             self._launch(self._webhook_child())
         if self.cfg.flower:
             self._launch(self._flower_child())
+        if self.cfg.on_demand:
+            settings = Settings()
+            self.on_demand = OnDemand(
+                settings,
+                load_registry(settings.registry),
+                redis_url=self.redis_url,
+                pinned=self.cfg.models,
+                spawn=self._worker_child,
+                keep_alive_s=self.cfg.keep_alive_s,
+                max_workers=self.cfg.max_workers,
+                startup_timeout_s=self.cfg.startup_timeout_s,
+            )
+            self._tick_on_demand()
 
     def _launch(self, child: Child) -> None:
         log.info("starting %s", child.name)
@@ -193,6 +212,7 @@ class Stack:
     def supervise(self, *, poll_s: float = 0.5) -> None:
         """Restart children that die, with backoff, until request_stop() is called."""
         while not self._stop.wait(poll_s):
+            self._tick_on_demand()
             for child in self.children:
                 if child.alive() or not child.restart:
                     continue
@@ -209,9 +229,19 @@ class Stack:
                     return
                 child.start()
 
+    def _tick_on_demand(self) -> None:
+        if self.on_demand is None:
+            return
+        try:
+            self.on_demand.tick()
+        except Exception:  # a Redis blip must not end the supervisor; the next tick retries
+            log.warning("on-demand workers: one look at the queues failed", exc_info=True)
+
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop every child: SIGTERM to each process group, SIGKILL after grace_s."""
         self._stop.set()
+        if self.on_demand is not None:
+            self.on_demand.stop_all(grace_s)
         for child in reversed(self.children):
             child.signal(signal.SIGTERM)
         deadline = time.monotonic() + grace_s
