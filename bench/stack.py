@@ -8,7 +8,6 @@ everything it started, in reverse order, however the run ends.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -19,8 +18,9 @@ import requests
 import yaml
 
 from bench.bare_celery import make_bare_app, round_trip
-from bench.procs import Child, StartFailed, wait_until
+from bench.procs import StartFailed, wait_until
 from shared.config import DEFAULT_REGISTRY, Settings
+from shared.processes.child import Child, child_env
 from shared.processes.gunicorn import gunicorn_command, open_files_needed, raise_open_files_limit
 from shared.processes.redis_server import find_redis_server, free_port, redis_command
 from shared.store.fleet import Fleet
@@ -31,11 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 CONVEYOR_DB = 0
 BARE_DB = 1
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """Return the CONVEYOR_* environment that reproduces these settings in a child."""
-    return settings.as_env()
 
 
 def write_registry(path: Path, threads: int | None) -> Path:
@@ -86,15 +81,9 @@ class Stack:
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def _start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Child:
-        child = Child(
-            name,
-            cmd,
-            self.logs / f"{name}.log",
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            cwd=ROOT,
-        )
-        self.children.append(child)
+    def _start(self, name: str, cmd: list[str], settings: Settings | None = None) -> Child:
+        child = Child(name, cmd, child_env(settings), self.logs / f"{name}.log", cwd=ROOT)
+        self.children.append(child.start())
         return child
 
     # components
@@ -151,9 +140,9 @@ class Stack:
                 "--concurrency",
                 str(concurrency),
             ],
-            settings_env(settings),
+            settings,
         )
-        fleet = Fleet(redis.Redis.from_url(settings.redis_url, decode_responses=True))
+        fleet = Fleet.from_url(settings.redis_url)
 
         def loaded() -> bool:
             pids = set(child.session())
@@ -171,7 +160,7 @@ class Stack:
             child = self._start(
                 "web",
                 gunicorn_command(settings, f"{HOST}:{port}", workers=1, access_log=False),
-                settings_env(settings),
+                settings,
             )
             self._web = child
             url = f"http://{HOST}:{port}"

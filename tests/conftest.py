@@ -22,6 +22,7 @@ import redis
 import requests
 
 from shared.config import Settings
+from shared.processes.child import Child, child_env
 from shared.processes.gunicorn import gunicorn_command, open_files_needed, raise_open_files_limit
 from shared.processes.redis_server import find_redis_server, free_port, redis_command
 from shared.store.fleet import Fleet
@@ -86,11 +87,6 @@ def redis_db(redis_server):
         return f"{redis_server}/{db}"
 
     return make
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """Return the CONVEYOR_* environment that reproduces these settings in a child."""
-    return settings.as_env()
 
 
 @pytest.fixture(scope="session")
@@ -158,7 +154,7 @@ def consumer_paused(settings: Settings, model: str) -> Iterator[None]:
     """Freeze the Celery main processes of a model's workers: the workers stay online (their
     pool processes keep publishing heartbeats) but take no new job, so new jobs stay queued.
     """
-    fleet = Fleet(redis.Redis.from_url(settings.redis_url, decode_responses=True))
+    fleet = Fleet.from_url(settings.redis_url)
     mains = {psutil.Process(w["pid"]).ppid() for w in fleet.workers(model)}
     assert mains, f"no worker of {model} is online"
     for pid in mains:
@@ -200,19 +196,12 @@ def start_worker(tmp_path_factory):
         extra_env: dict[str, str] | None = None,
     ) -> WorkerProcess:
         log = tmp_path_factory.mktemp("worker-logs") / f"{model}.log"
-        env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "shared.cli.main", "worker", "--model", model],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
+        cmd = [sys.executable, "-m", "shared.cli.main", "worker", "--model", model]
+        proc = Child(model, cmd, child_env(settings, extra_env), log, cwd=ROOT).start().proc
         worker = WorkerProcess(proc, model, settings, log)
         started.append(worker)
         if wait:
-            fleet = Fleet(redis.Redis.from_url(settings.redis_url, decode_responses=True))
+            fleet = Fleet.from_url(settings.redis_url)
 
             def ready():
                 if proc.poll() is not None:
@@ -271,16 +260,9 @@ def start_server(tmp_path_factory):
     def start(settings: Settings, *, threads: int = 16) -> LiveServer:
         port = free_port()
         log = tmp_path_factory.mktemp("web-logs") / "web.log"
-        env = {**os.environ, **settings_env(settings)}
         raise_open_files_limit(open_files_needed(settings))
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                gunicorn_command(settings, f"127.0.0.1:{port}", workers=1, access_log=False),
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
+        cmd = gunicorn_command(settings, f"127.0.0.1:{port}", workers=1, access_log=False)
+        proc = Child("web", cmd, child_env(settings), log, cwd=ROOT).start().proc
         server = LiveServer(proc, f"http://127.0.0.1:{port}", settings)
         servers.append(server)
 

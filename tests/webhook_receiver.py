@@ -10,7 +10,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import ssl
 import subprocess
 import sys
@@ -23,8 +22,9 @@ from pathlib import Path
 import redis
 
 from shared.config import Settings
+from shared.processes.child import child_env
 from shared.store.fleet import Fleet
-from tests.conftest import ROOT, WorkerProcess, settings_env, wait_for
+from tests.conftest import ROOT, WorkerProcess, wait_for
 
 
 def verify_standard_webhook(
@@ -179,7 +179,7 @@ class Receiver:
 def start_webhook_worker(settings: Settings, log_dir: Path) -> WorkerProcess:
     """Start `conveyor webhook-worker` and wait for its heartbeat."""
     log = log_dir / "webhooks.log"
-    env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+    env = child_env(settings)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "shared.cli.main", "webhook-worker", "--concurrency", "4"],

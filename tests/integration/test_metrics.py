@@ -4,7 +4,6 @@ the JSON logs of every process that ran them."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -13,9 +12,10 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.metrics.store import QUEUE_BUCKETS, RUN_BUCKETS, TTFT_BUCKETS
+from shared.processes.child import child_env
 from shared.processes.gunicorn import gunicorn_command, open_files_needed, raise_open_files_limit
 from shared.processes.redis_server import free_port
-from tests.conftest import ROOT, settings_env, wait_for
+from tests.conftest import ROOT, wait_for
 from tests.webhook_receiver import Receiver, start_webhook_worker
 
 pytestmark = pytest.mark.timeout(300)
@@ -40,7 +40,7 @@ class Web:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 gunicorn_command(self.settings, f"127.0.0.1:{port}", workers=WEB_PROCESSES),
-                env={**os.environ, **settings_env(self.settings)},
+                env=child_env(self.settings),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,

@@ -11,9 +11,10 @@ import textwrap
 import pytest
 
 from shared.errors import ModelNotAvailable
+from shared.processes.child import child_env
 from shared.processes.redis_server import free_port
 from shared.registry import load_registry
-from tests.conftest import ROOT, settings_env, wait_for
+from tests.conftest import ROOT, wait_for
 from workers.backends.llamacpp import LlamaCppBackend
 from workers.cpu import read_cpu
 
@@ -30,7 +31,7 @@ def registry_file(tmp_path, body: str):
 
 def worker_cli(settings, model: str) -> subprocess.CompletedProcess:
     """Run `conveyor worker --model MODEL` to its end (these workers fail at start)."""
-    env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+    env = child_env(settings)
     return subprocess.run(
         [sys.executable, "-m", "shared.cli.main", "worker", "--model", model],
         env=env,

@@ -10,7 +10,6 @@ torch.OutOfMemoryError, as CUDA's allocator would).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -18,8 +17,9 @@ import pytest
 import redis
 import yaml
 
+from shared.processes.child import child_env
 from shared.store.fleet import Fleet
-from tests.conftest import ROOT, settings_env, wait_for
+from tests.conftest import ROOT, wait_for
 from tests.integration.tiny_models import build_bert_classifier
 
 pytestmark = pytest.mark.timeout(600)
@@ -185,7 +185,7 @@ def test_worker_past_its_memory_ceiling_finishes_the_job_and_is_replaced(stack, 
 
 
 def _cli(args, settings, registry, **env):
-    full = {**os.environ, **settings_env(settings), "CONVEYOR_REGISTRY": str(registry), **env}
+    full = child_env(settings, {"CONVEYOR_REGISTRY": str(registry), **env})
     full.pop("HF_TOKEN", None)
     return subprocess.run(
         [sys.executable, "-m", "shared.cli.main", *args],
