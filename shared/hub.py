@@ -32,6 +32,7 @@ def logged_progress() -> type:
             kwargs.pop("name", None)
             kwargs["disable"] = False
             kwargs["mininterval"] = PROGRESS_EVERY_S
+            kwargs["file"] = _Discard()  # tqdm still writes a newline when a bar closes
             self._logged_at = 0.0
             self._logged_n = -1
             super().__init__(*args, **kwargs)
@@ -52,6 +53,16 @@ def logged_progress() -> type:
             return True
 
     return LoggedProgress
+
+
+class _Discard:
+    """A stream that drops what is written to it."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 def _offline_hint(spec) -> str:
