@@ -86,6 +86,10 @@ class Backend:
     """Load a model once (in load(), never __init__) and run its tasks."""
 
     tasks: tuple[str, ...] = ()
+    # Jobs one worker runs at once against its one loaded model, each calling run() from a
+    # thread of its own, unless the registry entry sets max_concurrency: 1 for a backend
+    # whose run() must not be entered by two jobs at once.
+    default_max_concurrency: int = 1
 
     def __init__(self, spec: ModelSpec, settings: Settings) -> None:
         """Take the model's registry entry. :raises ModelNotAvailable: tasks it cannot run."""
@@ -102,6 +106,11 @@ class Backend:
     def load(self) -> None:
         """Load weights; heavy work belongs here. :raises ModelNotAvailable:"""
         self.loaded = True
+
+    @property
+    def max_concurrency(self) -> int:
+        """Return how many jobs may be inside run() at once: the registry's, else the default."""
+        return self.spec.max_concurrency or self.default_max_concurrency
 
     def health(self) -> dict[str, Any]:
         """Return facts about the loaded model for the admin views."""
