@@ -13,6 +13,9 @@ from shared.errors import ModelNotAvailable
 
 TASKS = ("chat", "complete", "embed", "classify", "vqa", "transcribe", "echo")
 Quantization = Literal["none", "int8", "nf4", "fp4"]
+# Highest max_concurrency a registry entry may ask for: each running job holds a thread, a
+# lease and a reserved broker message; past this, run more workers instead.
+MAX_CONCURRENCY = 256
 
 
 class Source(BaseModel):
@@ -76,6 +79,9 @@ class ModelSpec(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     default: bool = False
     aliases: list[str] = Field(default_factory=list)
+    # Jobs one worker runs at once against its one loaded copy of the model (None: the
+    # backend's default, e.g. 8 for llama.cpp's batching engine, 1 where nothing batches).
+    max_concurrency: int | None = Field(None, ge=1, le=MAX_CONCURRENCY)
 
     @model_validator(mode="after")
     def _known_tasks(self) -> ModelSpec:
