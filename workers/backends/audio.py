@@ -19,13 +19,10 @@ from workers.backends.base import JobContext, Result, tokens_per_second
 from workers.backends.hf_generation import StopWhenAsked, generate, to_device
 from workers.backends.hf_loading import (
     HFBackend,
-    cap_address_space,
     greedy_token,
     input_device,
     load_model,
     typed_out_of_memory,
-    warm_up,
-    weights_path,
 )
 from workers.backends.qwen_inputs import attach_media, split_media
 from workers.decoding import decode_audio
@@ -37,18 +34,14 @@ TRANSCRIBE_PROMPT = "Transcribe the speech in this audio."
 class WhisperBackend(HFBackend):
     tasks = ("transcribe",)
 
-    def load(self) -> None:
+    def load_model(self, path) -> None:
         """Load the Whisper processor and model. :raises ModelNotAvailable:"""
         from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
-        path = weights_path(self.spec)
         self.processor = AutoProcessor.from_pretrained(str(path))
         self.model = load_model(AutoModelForSpeechSeq2Seq, self.spec, path)
-        warm_up(self.spec, self._warm_up)
-        cap_address_space(self.spec)
-        self.loaded = True
 
-    def _warm_up(self) -> None:
+    def warm_up(self) -> None:
         rate = self.processor.feature_extractor.sampling_rate
         feats = self.processor.feature_extractor(
             np.zeros(rate, np.float32), sampling_rate=rate, return_tensors="pt"
@@ -127,16 +120,15 @@ class QwenAudioBackend(HFBackend):
 
     tasks = ("chat", "transcribe")
 
-    def load(self) -> None:
+    def load_model(self, path) -> None:
         """Load the Qwen2-Audio processor and model. :raises ModelNotAvailable:"""
         from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
-        path = weights_path(self.spec)
         self.processor = AutoProcessor.from_pretrained(str(path))
         self.model = load_model(Qwen2AudioForConditionalGeneration, self.spec, path)
-        warm_up(self.spec, lambda: greedy_token(self.model, self.processor.tokenizer))
-        cap_address_space(self.spec)
-        self.loaded = True
+
+    def warm_up(self) -> None:
+        greedy_token(self.model, self.processor.tokenizer)
 
     def chat(self, inputs: ChatInput, ctx: JobContext) -> Result:
         """Answer a chat whose user turns may hold audio parts (or input.audio)."""

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import psutil
 from pydantic import BaseModel
 
 from shared.config import Settings
 from shared.errors import InputRejected, ModelNotAvailable
-from shared.registry import ModelSpec
+from shared.registry import ModelSpec, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +87,21 @@ class JobContext:
 
 
 class Backend:
-    """Load a model once (in load(), never __init__) and run its tasks."""
+    """Load a model once (in load(), never __init__) and run its tasks.
+
+    A backend writes only its model-specific parts: `load_model(path)` and, optionally,
+    `warm_up()`; the base's `load()` runs the sequence every backend shares.
+    """
 
     tasks: tuple[str, ...] = ()
     # Jobs one worker runs at once against its one loaded model, each calling run() from a
     # thread of its own, unless the registry entry sets max_concurrency: 1 for a backend
     # whose run() must not be entered by two jobs at once.
     default_max_concurrency: int = 1
+    # False for a backend with no weights (echo): load_model() then gets path None.
+    needs_weights = True
+    # The scope load-time warm-up inference runs in (transformers backends: inference_mode).
+    inference_scope: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     def __init__(self, spec: ModelSpec, settings: Settings) -> None:
         """Take the model's registry entry. :raises ModelNotAvailable: tasks it cannot run."""
@@ -104,8 +116,29 @@ class Backend:
         self.loaded = False
 
     def load(self) -> None:
-        """Load weights; heavy work belongs here. :raises ModelNotAvailable:"""
+        """Find the weights, load the model, warm it up, cap the address space.
+
+        :raises ModelNotAvailable: missing weights, or a model this machine cannot load.
+        """
+        path = resolve_source(self.spec)
+        if path is None and self.needs_weights:
+            raise ModelNotAvailable(
+                f"model {self.spec.id} has no source; set source.path, package or hf_repo"
+            )
+        self.load_model(path)
+        warm_up(self.spec, self._scoped_warm_up)
+        cap_address_space(self.spec)
         self.loaded = True
+
+    def load_model(self, path: Path | None) -> None:
+        """Load the model from its weights at `path`; the model-specific part of load()."""
+
+    def warm_up(self) -> None:
+        """Run one tiny inference through a job's code path (load() calls it once)."""
+
+    def _scoped_warm_up(self) -> None:
+        with self.inference_scope():
+            self.warm_up()
 
     @property
     def max_concurrency(self) -> int:
@@ -145,6 +178,22 @@ def warm_up(spec: ModelSpec, run: Callable[[], object]) -> None:
     t0 = time.perf_counter()
     run()
     log.info("model %s: warmed up in %.2fs", spec.id, time.perf_counter() - t0)
+
+
+def cap_address_space(spec: ModelSpec) -> int | None:
+    """Cap this process's address space at its size now plus `options.memory_limit_mb`.
+
+    On the CPU there is no allocator limit like CUDA's; a cap makes a job that asks for
+    more memory than the budget fail with out_of_memory instead of waking the kernel's
+    OOM killer. Returns the cap in bytes, or None when the option is unset.
+    """
+    headroom_mb = spec.options.get("memory_limit_mb")
+    if not headroom_mb:
+        return None
+    cap = psutil.Process().memory_info().vms + int(headroom_mb) * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (cap, resource.RLIM_INFINITY))
+    log.info("model %s: address space capped at %.0f MiB", spec.id, cap / 2**20)
+    return cap
 
 
 def tokens_per_second(tokens: int, elapsed_s: float) -> float | None:

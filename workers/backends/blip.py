@@ -10,15 +10,7 @@ from transformers import StoppingCriteriaList
 from shared.inputs import VqaInput
 from workers.backends.base import JobContext, Result, tokens_per_second
 from workers.backends.hf_generation import StopWhenAsked, to_device
-from workers.backends.hf_loading import (
-    HFBackend,
-    cap_address_space,
-    input_device,
-    load_model,
-    typed_out_of_memory,
-    warm_up,
-    weights_path,
-)
+from workers.backends.hf_loading import HFBackend, input_device, load_model, typed_out_of_memory
 from workers.decoding import decode_image
 
 DEFAULT_MAX_TOKENS = 20
@@ -27,18 +19,14 @@ DEFAULT_MAX_TOKENS = 20
 class BlipVqaBackend(HFBackend):
     tasks = ("vqa",)
 
-    def load(self) -> None:
+    def load_model(self, path) -> None:
         """Load the BLIP processor and question-answering model. :raises ModelNotAvailable:"""
         from transformers import BlipForQuestionAnswering, BlipProcessor
 
-        path = weights_path(self.spec)
         self.processor = BlipProcessor.from_pretrained(str(path))
         self.model = load_model(BlipForQuestionAnswering, self.spec, path)
-        warm_up(self.spec, self._warm_up)
-        cap_address_space(self.spec)
-        self.loaded = True
 
-    def _warm_up(self) -> None:
+    def warm_up(self) -> None:
         from PIL import Image
 
         batch = self.processor(images=Image.new("RGB", (32, 32)), text="what?", return_tensors="pt")

@@ -10,15 +10,7 @@ import torch
 
 from shared.inputs import ClassifyInput
 from workers.backends.base import JobContext, Result
-from workers.backends.hf_loading import (
-    HFBackend,
-    cap_address_space,
-    input_device,
-    load_model,
-    typed_out_of_memory,
-    warm_up,
-    weights_path,
-)
+from workers.backends.hf_loading import HFBackend, input_device, load_model, typed_out_of_memory
 
 log = logging.getLogger(__name__)
 DEFAULT_BATCH = 32
@@ -28,11 +20,10 @@ HEADS = ["classifier", "score", "out_proj"]
 class ClassifierBackend(HFBackend):
     tasks = ("classify",)
 
-    def load(self) -> None:
+    def load_model(self, path) -> None:
         """Load tokenizer and classifier. :raises ModelNotAvailable:"""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        path = weights_path(self.spec)
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         # The label head stays unquantized: it is tiny, and bitsandbytes' CPU 4-bit
         # kernels need output widths in blocks of 32, which a 2-label head is not.
@@ -44,14 +35,9 @@ class ClassifierBackend(HFBackend):
         self.max_length = min(
             int(self.spec.options.get("max_length") or 512), self.tokenizer.model_max_length
         )
-        warm_up(
-            self.spec,
-            lambda: self.model(
-                **self.tokenizer(["warm up"], return_tensors="pt").to(input_device(self.model))
-            ),
-        )
-        cap_address_space(self.spec)
-        self.loaded = True
+
+    def warm_up(self) -> None:
+        self.model(**self.tokenizer(["warm up"], return_tensors="pt").to(input_device(self.model)))
 
     def health(self) -> dict[str, Any]:
         info = super().health()

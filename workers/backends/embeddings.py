@@ -12,14 +12,7 @@ import torch
 from shared.errors import ModelNotAvailable
 from shared.inputs import EmbedInput
 from workers.backends.base import Backend, JobContext, Result
-from workers.backends.hf_loading import (
-    cap_address_space,
-    device_of,
-    load_kwargs,
-    typed_out_of_memory,
-    warm_up,
-    weights_path,
-)
+from workers.backends.hf_loading import device_of, load_kwargs, typed_out_of_memory
 
 log = logging.getLogger(__name__)
 DEFAULT_BATCH = 32
@@ -27,12 +20,12 @@ DEFAULT_BATCH = 32
 
 class EmbeddingsBackend(Backend):
     tasks = ("embed",)
+    inference_scope = torch.inference_mode
 
-    def load(self) -> None:
+    def load_model(self, path) -> None:
         """Load the sentence-transformers model. :raises ModelNotAvailable:"""
         from sentence_transformers import SentenceTransformer
 
-        path = weights_path(self.spec)
         kwargs = load_kwargs(self.spec)
         kwargs.pop("device_map", None)  # sentence-transformers places the model itself
         self.device = device_of(self.spec)
@@ -44,9 +37,9 @@ class EmbeddingsBackend(Backend):
             ) from exc
         self.model.eval()
         self.dimensions = self.model.get_embedding_dimension()
-        warm_up(self.spec, lambda: self.model.encode(["warm up"], show_progress_bar=False))
-        cap_address_space(self.spec)
-        self.loaded = True
+
+    def warm_up(self) -> None:
+        self.model.encode(["warm up"], show_progress_bar=False)
 
     def health(self) -> dict[str, Any]:
         info = super().health()

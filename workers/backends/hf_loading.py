@@ -9,19 +9,15 @@ quantizes on the CPU too, so the same path runs on a laptop and on a GPU box.
 from __future__ import annotations
 
 import logging
-import resource
-from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
 
 from shared.errors import ModelNotAvailable
-from shared.registry import ModelSpec, resolve_source
+from shared.registry import ModelSpec
 from workers.backends.base import Backend
-from workers.backends.base import warm_up as base_warm_up
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +89,6 @@ def load_kwargs(spec: ModelSpec, skip_modules: list[str] | None = None) -> dict[
     return kwargs
 
 
-def weights_path(spec: ModelSpec) -> Path:
-    """Return the local folder (or file) holding a model. :raises ModelNotAvailable:"""
-    path = resolve_source(spec)
-    if path is None:
-        raise ModelNotAvailable(f"model {spec.id} has no source; set source.path or hf_repo")
-    return path
-
-
 def load_model(
     cls, spec: ModelSpec, path: Path | str, *, skip_modules: list[str] | None = None, **extra
 ):
@@ -144,36 +132,10 @@ def describe(model, spec: ModelSpec) -> dict[str, Any]:
     }
 
 
-def warm_up(spec: ModelSpec, run: Callable[[], object]) -> None:
-    """Run the load-time warm-up (base.warm_up) without autograd."""
-
-    def inference() -> None:
-        with torch.inference_mode():
-            run()
-
-    base_warm_up(spec, inference)
-
-
 def greedy_token(model, tokenizer) -> None:
     """Generate one token from a short text prompt (the warm-up of generative models)."""
     batch = tokenizer("Hello", return_tensors="pt").to(input_device(model))
     model.generate(**batch, max_new_tokens=1, do_sample=False)
-
-
-def cap_address_space(spec: ModelSpec) -> int | None:
-    """Cap this process's address space at its size now plus `options.memory_limit_mb`.
-
-    On the CPU there is no allocator limit like CUDA's; a cap makes a job that asks for
-    more memory than the budget fail with out_of_memory instead of waking the kernel's
-    OOM killer. Returns the cap in bytes, or None when the option is unset.
-    """
-    headroom_mb = spec.options.get("memory_limit_mb")
-    if not headroom_mb:
-        return None
-    cap = psutil.Process().memory_info().vms + int(headroom_mb) * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (cap, resource.RLIM_INFINITY))
-    log.info("model %s: address space capped at %.0f MiB", spec.id, cap / 2**20)
-    return cap
 
 
 @contextmanager
@@ -196,6 +158,7 @@ def typed_out_of_memory():
 class HFBackend(Backend):
     """A transformers backend: health describes the loaded model, close drops it."""
 
+    inference_scope = torch.inference_mode
     model = None
     # Everything besides the model that holds weights or big tables; dropped on close().
     companions = ("processor", "tokenizer", "inputs")

@@ -9,15 +9,7 @@ from typing import Any
 from shared.inputs import ChatInput, CompleteInput
 from workers.backends.base import JobContext, Result
 from workers.backends.hf_generation import generate, to_device
-from workers.backends.hf_loading import (
-    HFBackend,
-    cap_address_space,
-    greedy_token,
-    input_device,
-    load_model,
-    warm_up,
-    weights_path,
-)
+from workers.backends.hf_loading import HFBackend, greedy_token, input_device, load_model
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +17,10 @@ log = logging.getLogger(__name__)
 class TransformersTextBackend(HFBackend):
     tasks = ("chat", "complete")
 
-    def load(self) -> None:
+    def load_model(self, path: Path) -> None:
         """Load tokenizer and model; a .gguf source is dequantized by transformers."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path = Path(weights_path(self.spec))
         extra: dict[str, Any] = {}
         gguf = self.spec.options.get("gguf_file")
         if path.is_file():  # a source naming the .gguf file itself
@@ -43,9 +34,9 @@ class TransformersTextBackend(HFBackend):
             self.tokenizer.chat_template = template
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        warm_up(self.spec, lambda: greedy_token(self.model, self.tokenizer))
-        cap_address_space(self.spec)
-        self.loaded = True
+
+    def warm_up(self) -> None:
+        greedy_token(self.model, self.tokenizer)
 
     def _encode(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         if self.tokenizer.chat_template:

@@ -11,7 +11,7 @@ class QwenOmniBackend(QwenVisionBackend):
 
     media_kinds = ("image", "video", "audio")
 
-    def _load_model(self, path):
+    def _model_class_load(self, path):
         from transformers import (
             AutoConfig,
             Qwen2_5OmniForConditionalGeneration,

@@ -9,14 +9,7 @@ import numpy as np
 from shared.inputs import ChatInput
 from workers.backends.base import JobContext, Result
 from workers.backends.hf_generation import generate, to_device
-from workers.backends.hf_loading import (
-    HFBackend,
-    cap_address_space,
-    input_device,
-    load_model,
-    warm_up,
-    weights_path,
-)
+from workers.backends.hf_loading import HFBackend, input_device, load_model
 from workers.backends.qwen_inputs import QwenInputs, attach_media, split_media
 from workers.decoding import Video, decode_audio, decode_image, decode_video
 
@@ -29,17 +22,13 @@ class QwenVisionBackend(HFBackend):
     tasks = ("chat",)
     media_kinds: tuple[str, ...] = ("image", "video")
 
-    def load(self) -> None:
+    def load_model(self, path) -> None:
         """Load the processor and the model. :raises ModelNotAvailable:"""
-        path = weights_path(self.spec)
         self.inputs = QwenInputs(path, self.spec.limits, audio="audio" in self.media_kinds)
         self.tokenizer = self.inputs.tokenizer
-        self.model = self._load_model(path)
-        warm_up(self.spec, self._warm_up)
-        cap_address_space(self.spec)
-        self.loaded = True
+        self.model = self._model_class_load(path)
 
-    def _warm_up(self) -> None:
+    def warm_up(self) -> None:
         """One greedy token over a small image, a two-frame video (and a second of silence
         for Omni): the media path's one-time allocations happen at load, not in a job."""
         import cv2  # noqa: F401  (imported here, not by the first video job)
@@ -62,7 +51,7 @@ class QwenVisionBackend(HFBackend):
         )
         self.model.generate(**batch, max_new_tokens=1, do_sample=False)
 
-    def _load_model(self, path):
+    def _model_class_load(self, path):
         from transformers import AutoModelForImageTextToText
 
         return load_model(AutoModelForImageTextToText, self.spec, path)
