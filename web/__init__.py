@@ -73,11 +73,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["conveyor"] = build_services(settings)
     register_error_handlers(app)
 
-    from web.api import admin, events, health, jobs, metrics, openai, seeds
+    from web.api import admin, events, health, jobs, metrics, openai, page, seeds
     from web.auth import install_auth
 
     metrics.install(app)  # before auth, so refused requests are timed and counted too
     install_auth(app, settings)
-    for module in (health, jobs, events, admin, openai, seeds):
+    for module in (health, jobs, events, admin, openai, seeds, page):
         app.register_blueprint(module.bp)
     return app

@@ -12,6 +12,7 @@ from flask import Flask, request
 
 from shared.config import Settings
 from shared.errors import Unauthorized
+from web.api import page
 
 OPEN_PATHS = ("/healthz", "/readyz", "/health")
 
@@ -24,7 +25,7 @@ def install_auth(app: Flask, settings: Settings) -> None:
 
     @app.before_request
     def _check_key():
-        if request.path in OPEN_PATHS:
+        if request.path in OPEN_PATHS or page.is_public():  # the page asks for a key itself
             return None
         header = request.headers.get("Authorization", "")
         given = header[7:].strip().encode() if header.lower().startswith("bearer ") else b""
