@@ -1,4 +1,10 @@
-"""The payload store: job media on any fsspec filesystem, kept under the job id."""
+"""The payload store: job media on any fsspec filesystem, kept under the job id.
+
+A local folder serves one machine (or one host's containers sharing a volume); an object
+store serves many hosts: `s3://BUCKET/PREFIX` through s3fs (the `s3` extra, in both images),
+with credentials and endpoint from the environment as boto reads them (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL for S3-compatible stores, or a role).
+"""
 
 from __future__ import annotations
 
@@ -56,9 +62,15 @@ class PayloadStore:
         protocols = protocol if isinstance(protocol, tuple) else (protocol,)
         return self._path(ref) if "file" in protocols or "local" in protocols else None
 
+    def _fresh(self, path: str | None = None) -> None:
+        # Object stores' filesystems cache listings (a path and its parents; None: all),
+        # while other hosts write and delete.
+        self.fs.invalidate_cache(path)
+
     def delete(self, job_id: str) -> None:
         """Remove every payload of a job; a job with none is fine."""
         path = self._path(job_id)
+        self._fresh(path)
         try:
             if self.fs.exists(path):
                 self.fs.rm(path, recursive=True)
@@ -67,6 +79,7 @@ class PayloadStore:
 
     def job_ids(self) -> list[str]:
         """Return the ids of jobs that have payloads stored."""
+        self._fresh(self.root)
         try:
             entries = self.fs.ls(self.root, detail=False)
         except FileNotFoundError:
@@ -75,6 +88,7 @@ class PayloadStore:
 
     def usage(self) -> dict:
         """Return how many jobs, files and bytes the store holds."""
+        self._fresh()
         files = self.fs.find(self.root, detail=True)
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         return {
@@ -87,6 +101,7 @@ class PayloadStore:
     def age_s(self, job_id: str) -> float | None:
         """Return seconds since a job's newest payload was written; None when it has none."""
         path = self._path(job_id)
+        self._fresh(path)
         try:
             stamps = [_mtime(self.fs.info(path))]
             stamps += [_mtime(info) for info in self.fs.find(path, detail=True).values()]
