@@ -24,7 +24,8 @@ from shared.jobs import JobError, JobRecord, Priority, Webhook, new_job_id, now
 from shared.payloads import PayloadStore
 from shared.registry import ModelSpec, Registry, resolve_source
 from shared.store.fleet import Fleet
-from shared.store.jobs import IllegalTransition, JobStore, QueueFull
+from shared.store.job_end import JobEnd
+from shared.store.jobs import JobStore, QueueFull
 from shared.store.on_demand import Board, OnDemandBoard
 from shared.store.sweeper import sweep_payloads
 from shared.webhooks import WebhookNotifier, check_target
@@ -99,6 +100,7 @@ class JobService:
         self.notifier = WebhookNotifier(
             store.r, dispatcher.send_webhook, ttl_s=settings.result_ttl_s
         )
+        self.ends = JobEnd(store, payloads, self.notifier)
         self.created = int(now())  # OpenAI's model objects carry a creation time
         self._online: dict[str, tuple[float, bool]] = {}
 
@@ -229,13 +231,7 @@ class JobService:
 
     def _expire(self, job: JobRecord) -> JobRecord:
         """Fail a job past its queue timeout now; workers' reapers do it too, when any run."""
-        try:
-            job = self.store.mark_failed(job.id, job.expired_error())
-        except IllegalTransition:
-            return self.store.get(job.id) or job
-        self.payloads.delete(job.id)
-        self.notifier.ended(job)
-        return job
+        return self.ends.expire(job) or self.store.get(job.id) or job
 
     def wait(self, job_id: str, timeout_s: float, *, known: bool = False) -> JobRecord:
         """Return the job once it ends or timeout_s passes (known: just submitted here).
@@ -258,9 +254,7 @@ class JobService:
         job = self.store.request_cancel(job_id)
         if job is None:
             raise NotFound(f"job {job_id} not found (unknown or expired)", code="job_not_found")
-        if job.status.is_terminal():
-            self.payloads.delete(job_id)
-            self.notifier.ended(job)
+        self.ends.ended(job)  # a queued job ends here; a running one ends in its worker
         log.info("job %s model %s cancel requested (now %s)", job.id, job.model, job.status)
         return job
 
