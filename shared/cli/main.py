@@ -19,6 +19,7 @@ from shared.cli.client import (
 )
 from shared.config import Settings
 from shared.logs import setup_logging
+from shared.registry import MAX_CONCURRENCY
 
 log = logging.getLogger("conveyor")
 
@@ -215,10 +216,10 @@ def web(host, port, workers) -> None:
 @click.option("--model", required=True, help="The one model this worker serves.")
 @click.option(
     "--concurrency",
-    default=1,
-    show_default=True,
-    type=int,
-    help="Pool processes; each loads its own copy of the model.",
+    default=None,
+    type=click.IntRange(1, MAX_CONCURRENCY),
+    help="Jobs run at once against the one loaded copy of the model "
+    "(default: the model's max_concurrency in the registry, else its backend's default).",
 )
 def worker(model, concurrency) -> None:
     """Run a Celery worker that consumes only model.<ID>."""
