@@ -1,4 +1,5 @@
-"""Optional bearer-key authentication for every route but health checks.
+"""Optional bearer-key authentication for every route but health checks, the page and the
+API's contract (/openapi.json, /docs), which hold no data.
 
 /metrics is not open: it tells how busy each model is, which models exist and what fails;
 Prometheus sends a key like any client (see README "Metrics").
@@ -12,7 +13,7 @@ from flask import Flask, request
 
 from shared.config import Settings
 from shared.errors import Unauthorized
-from web.api import page
+from web.api import docs, page
 
 OPEN_PATHS = ("/healthz", "/readyz", "/health")
 
@@ -25,7 +26,8 @@ def install_auth(app: Flask, settings: Settings) -> None:
 
     @app.before_request
     def _check_key():
-        if request.path in OPEN_PATHS or page.is_public():  # the page asks for a key itself
+        # The page and the docs ask for a key themselves.
+        if request.path in OPEN_PATHS or page.is_public() or docs.is_open(request.path):
             return None
         header = request.headers.get("Authorization", "")
         given = header[7:].strip().encode() if header.lower().startswith("bearer ") else b""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 
 import redis
-from flask import Flask, jsonify
+from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 from shared.errors import ConveyorError
+from web.protocols.jobs import ErrorDetail, ErrorEnvelope
+from web.responses import json_response
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +27,8 @@ _HTTP_TYPES = {
 
 def envelope(status: int, type_: str, message: str, param=None, code=None, headers=None):
     """Return a Flask response carrying the error envelope."""
-    resp = jsonify({"error": {"type": type_, "message": message, "param": param, "code": code}})
-    resp.status_code = status
-    for name, value in (headers or {}).items():
-        resp.headers[name] = value
-    return resp
+    detail = ErrorDetail(type=type_, message=message, param=param, code=code)
+    return json_response(ErrorEnvelope(error=detail), status, headers)
 
 
 def register_error_handlers(app: Flask) -> None:

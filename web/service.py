@@ -1,4 +1,5 @@
-"""The job service behind every front door: validate, store media, record, enqueue."""
+"""The job lifecycle behind every front door: validate, store media, record, enqueue,
+wait, follow and cancel."""
 
 from __future__ import annotations
 
@@ -6,13 +7,9 @@ import importlib.util
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.config import Settings
 from shared.errors import (
-    Conflict,
     InvalidInput,
     ModelNotAvailable,
     NotFound,
@@ -20,61 +17,28 @@ from shared.errors import (
     ServiceUnavailable,
 )
 from shared.inputs import parse_input
-from shared.jobs import JobError, JobRecord, Priority, Webhook, new_job_id, now
+from shared.jobs import JobError, JobRecord, Webhook, new_job_id, now
 from shared.payloads import PayloadStore
 from shared.registry import ModelSpec, Registry, resolve_source
 from shared.store.fleet import Fleet
 from shared.store.job_end import JobEnd
 from shared.store.jobs import JobStore, QueueFull
 from shared.store.on_demand import Board, OnDemandBoard
-from shared.store.sweeper import sweep_payloads
 from shared.webhooks import WebhookNotifier, check_target
 from web.dispatch import Dispatcher
 from web.intake import Intake
 from web.job_feeds import Event, JobFeeds
+from web.protocols.jobs import WEBHOOK_EVENTS, JobRequest
 
 log = logging.getLogger(__name__)
 
 ONLINE_CACHE_S = 1.0
-# The chat model chosen with POST /setModel (the llama.cpp server's route), for every web
-# process: requests that name no model get it.
-CURRENT_CHAT_MODEL_KEY = "conveyor:current_chat_model"
 NO_WORKER = "no worker is online for model {}; the job stays queued until one starts"
 STARTING = "no worker is online for model {}; conveyor up is starting one for it"
 
 
-class JobRequest(BaseModel):
-    """The body of POST /v1/jobs."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(min_length=1)
-    task: str | None = None
-    input: dict[str, Any] = Field(default_factory=dict)
-    webhook: str | None = Field(None, max_length=2048)
-    webhook_events_filter: list[str] | None = None
-    priority: Priority = Priority.NORMAL
-    timeout_s: float | None = Field(None, gt=0, le=86_400)
-    queue_timeout_s: float | None = Field(None, gt=0, le=86_400)
-
-
-def parse_request(body: Any) -> JobRequest:
-    """Validate a submit body.
-
-    :raises InvalidInput: naming the first bad field.
-    """
-    if not isinstance(body, dict):
-        raise InvalidInput("request body must be a JSON object")
-    try:
-        return JobRequest.model_validate(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
-        raise InvalidInput(f"{param}: {err['msg']}" if param else err["msg"], param=param) from None
-
-
 class JobService:
-    """Everything the HTTP layers do with jobs."""
+    """Everything the HTTP layers do with jobs (models: web/catalog.py)."""
 
     def __init__(
         self,
@@ -101,7 +65,6 @@ class JobService:
             store.r, dispatcher.send_webhook, ttl_s=settings.result_ttl_s
         )
         self.ends = JobEnd(store, payloads, self.notifier)
-        self.created = int(now())  # OpenAI's model objects carry a creation time
         self._online: dict[str, tuple[float, bool]] = {}
 
     def _worker_online(self, model: str) -> bool:
@@ -202,7 +165,7 @@ class JobService:
             return None
         hook = Webhook(url=req.webhook)
         if req.webhook_events_filter is not None:
-            bad = sorted(set(req.webhook_events_filter) - {"start", "output", "completed"})
+            bad = sorted(set(req.webhook_events_filter) - set(WEBHOOK_EVENTS))
             if bad:
                 raise InvalidInput(
                     f"webhook_events_filter: unknown events {bad}", param="webhook_events_filter"
@@ -269,101 +232,6 @@ class JobService:
     def list(self, status: str | None, model: str | None, limit: int) -> list[JobRecord]:
         """Return recent jobs, newest first."""
         return self.store.list(status=status, model=model, limit=limit)
-
-    def models(self) -> list[dict[str, Any]]:
-        """Return the registry with live facts: queue depth, workers online, loaded."""
-        out = []
-        board = self._board()
-        for spec in self.registry:
-            workers = self.fleet.workers(spec.id)
-            out.append(
-                {
-                    "id": spec.id,
-                    "object": "model",
-                    "created": self.created,
-                    "owned_by": "conveyor",
-                    "backend": spec.backend,
-                    "tasks": spec.tasks,
-                    "description": spec.description,
-                    "aliases": spec.aliases,
-                    "quantization": spec.quantization,
-                    "source": spec.source.describe(),
-                    "default": spec.default,
-                    "queue": spec.queue,
-                    "queue_depth": self.store.queue_depth(spec.id),
-                    "workers_online": len(workers),
-                    "loaded": any(w.get("loaded") for w in workers),
-                    # conveyor up starts a worker for it when a job arrives; when it stops
-                    "on_demand": {
-                        "startable": board.can_start(spec.id),
-                        "worker": board.workers.get(spec.id),
-                    },
-                    "limits": spec.limits.model_dump(),
-                }
-            )
-        return out
-
-    def model(self, name: str) -> dict[str, Any]:
-        """Return one model (by id or alias) with its live facts.
-
-        :raises NotFound: not in the registry.
-        """
-        spec = self.registry.get(name)
-        if spec is None:
-            raise NotFound(
-                f"model {name!r} is not in the registry", param="model", code="model_not_found"
-            )
-        return next(m for m in self.models() if m["id"] == spec.id)
-
-    def default_model(self, task: str) -> ModelSpec | None:
-        """Return the model for a request that names none: for chat, the one chosen with
-        select_chat_model() while it is still in the registry, else the registry's."""
-        if task == "chat":
-            chosen = self.store.r.get(CURRENT_CHAT_MODEL_KEY)
-            spec = self.registry.get(chosen) if chosen else None
-            if spec is not None and task in spec.tasks:
-                return spec
-        return self.registry.default_for(task)
-
-    def select_chat_model(self, name: str) -> ModelSpec:
-        """Make a chat model that a worker serves the default for requests naming none.
-
-        Workers load their models at start; this chooses among those, it loads nothing.
-        :raises NotFound: not in the registry. :raises InvalidInput: not a chat model.
-        :raises Conflict: no worker has it loaded.
-        """
-        spec = self.registry.get(name)
-        if spec is None:
-            raise NotFound(
-                f"model {name!r} is not in the registry", param="model_name", code="model_not_found"
-            )
-        if "chat" not in spec.tasks:
-            raise InvalidInput(
-                f"model {spec.id} does not chat (it supports {spec.tasks})",
-                param="model_name",
-                code="unsupported_task",
-            )
-        if not any(w.get("loaded") for w in self.fleet.workers(spec.id)):
-            raise Conflict(
-                f"no worker has model {spec.id} loaded; start one (conveyor worker "
-                f"--model {spec.id}, or conveyor up --model {spec.id}) and set it "
-                f"again",
-                code="model_not_loaded",
-            )
-        self.store.r.set(CURRENT_CHAT_MODEL_KEY, spec.id)
-        log.info("default chat model set to %s", spec.id)
-        return spec
-
-    def payload_usage(self) -> dict[str, Any]:
-        """Return the payload store's usage."""
-        return self.payloads.usage()
-
-    def sweep_payloads(self) -> dict[str, Any]:
-        """Delete payloads of ended jobs, and of vanished ones past the grace period, now."""
-        removed = sweep_payloads(
-            self.store, self.payloads, grace_s=self.settings.payload_orphan_grace_s
-        )
-        return {"removed_jobs": len(removed), "removed": removed, **self.payloads.usage()}
 
 
 def _weights_hint(spec: ModelSpec) -> str:

@@ -21,7 +21,7 @@ from web.protocols.openai import (
     EmbeddingRequest,
     TranscriptionRequest,
 )
-from web.protocols.openai_replies import chat_completion, embeddings, openai_error
+from web.protocols.openai_replies import ChatCompletion, EmbeddingList, OpenAIError
 from web.protocols.parsing import parse_model
 from web.protocols.seeds import BitNetGenerate, GenerateMedia, answer_text, job_for
 
@@ -229,6 +229,11 @@ def test_transcription_form():
 
 
 # answers and errors
+def openai_error(exc):
+    body, status = OpenAIError.of(exc)
+    return body.wire(), status
+
+
 def test_errors_take_openais_types_and_statuses():
     body, status = openai_error(InvalidInput("input.max_tokens: too big", param="input.max_tokens"))
     assert status == 400 and body["error"] == {
@@ -255,13 +260,13 @@ def test_errors_take_openais_types_and_statuses():
 
 def test_chat_completion_with_tool_calls_has_null_content():
     calls = [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
-    body = chat_completion(
+    body = ChatCompletion.of(
         record(
             {"text": "", "finish_reason": "tool_calls", "tool_calls": calls},
             prompt_tokens=7,
             completion_tokens=3,
         )
-    )
+    ).wire()
     assert body["id"] == "chatcmpl-j1" and body["created"] == 1700000000
     assert body["choices"][0]["message"] == {
         "role": "assistant",
@@ -275,7 +280,7 @@ def test_chat_completion_with_tool_calls_has_null_content():
 
 def test_base64_embeddings_are_little_endian_float32():
     vectors = [[0.5, -1.25, 3.0]]
-    body = embeddings(record({"embeddings": vectors}, prompt_tokens=4), "base64")
+    body = EmbeddingList.of(record({"embeddings": vectors}, prompt_tokens=4), "base64").wire()
     raw = base64.b64decode(body["data"][0]["embedding"])
     assert list(struct.unpack("<3f", raw)) == vectors[0]
     assert body["usage"] == {"prompt_tokens": 4, "total_tokens": 4}

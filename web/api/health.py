@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint
 
 from shared.errors import ServiceUnavailable
+from web.app_services import services
+from web.protocols.catalog import Liveness, ModelList, Readiness
+from web.responses import json_response
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
 def healthz():
-    return jsonify({"status": "ok"})
+    return json_response(Liveness())
 
 
 @bp.get("/readyz")
 def readyz():
-    services = current_app.extensions["conveyor"]
     try:
-        services.redis.ping()
+        services().redis.ping()
     except Exception as exc:  # any failure to reach Redis means not ready
         raise ServiceUnavailable(f"Redis is not reachable: {exc}") from None
-    return jsonify({"status": "ready", "redis": "ok"})
+    return json_response(Readiness())
 
 
 @bp.get("/v1/models")
 def models():
-    return jsonify({"object": "list", "data": current_app.extensions["conveyor"].jobs.models()})
+    return json_response(ModelList(data=services().catalog.models()))

@@ -5,20 +5,19 @@ from __future__ import annotations
 import re
 from contextlib import nullcontext
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, request
 
 from shared.errors import InvalidInput
-from shared.jobs import JobStatus
+from shared.jobs import JobRecord, JobStatus
+from web.app_services import services
 from web.bodies import submission
-from web.service import parse_request
+from web.protocols.jobs import JobDetail, JobList, JobRequest, JobView
+from web.protocols.parsing import parse_model
+from web.responses import json_response
 
 bp = Blueprint("jobs", __name__)
 _WAIT = re.compile(r"\bwait(?:=(\d+(?:\.\d+)?))?\b")
 MAX_WAIT_S = 60.0
-
-
-def _service():
-    return current_app.extensions["conveyor"].jobs
 
 
 def _held(wait: float | None):
@@ -26,16 +25,16 @@ def _held(wait: float | None):
 
     :raises ServiceUnavailable: past the cap, before anything is submitted.
     """
-    return current_app.extensions["conveyor"].holds.hold("wait") if wait else nullcontext()
+    return services().holds.hold("wait") if wait else nullcontext()
 
 
-def _record(job, status: int = 200):
-    data = job.public(request.host_url.rstrip("/"))
-    data["queue_position"] = _service().queue_position(job)
-    resp = jsonify(data)
-    resp.status_code = status
-    resp.headers.update(job.headers())
-    return resp
+def _base_url() -> str:
+    return request.host_url.rstrip("/")
+
+
+def _record(job: JobRecord, status: int = 200):
+    detail = JobDetail.of_queued(job, _base_url(), services().jobs.queue_position(job))
+    return json_response(detail, status, job.headers())
 
 
 def prefer_wait() -> float | None:
@@ -49,11 +48,11 @@ def prefer_wait() -> float | None:
 @bp.post("/v1/jobs")
 def submit():
     body, files = submission()
-    wait = prefer_wait()
+    wait, jobs = prefer_wait(), services().jobs
     with _held(wait):
-        job = _service().submit(parse_request(body), files)
+        job = jobs.submit(parse_model(JobRequest, body), files)
         if wait:
-            job = _service().wait(job.id, wait, known=True)
+            job = jobs.wait(job.id, wait, known=True)
     resp = _record(job, 200 if job.status.is_terminal() else 202)
     resp.headers["Location"] = f"/v1/jobs/{job.id}"
     if wait:
@@ -63,10 +62,9 @@ def submit():
 
 @bp.get("/v1/jobs/<job_id>")
 def get(job_id: str):
-    wait = prefer_wait()
-    svc = _service()
+    wait, jobs = prefer_wait(), services().jobs
     with _held(wait):
-        return _record(svc.wait(job_id, wait) if wait else svc.get(job_id))
+        return _record(jobs.wait(job_id, wait) if wait else jobs.get(job_id))
 
 
 @bp.get("/v1/jobs")
@@ -77,11 +75,11 @@ def index():
     limit = request.args.get("limit", "20")
     if not limit.isdigit() or not 1 <= int(limit) <= 1000:
         raise InvalidInput("limit must be an integer from 1 to 1000", param="limit")
-    jobs = _service().list(status, request.args.get("model") or None, int(limit))
-    base = request.host_url.rstrip("/")
-    return jsonify({"object": "list", "data": [j.public(base) for j in jobs]})
+    jobs = services().jobs.list(status, request.args.get("model") or None, int(limit))
+    listing = JobList(data=[JobView.of(j, _base_url()) for j in jobs])
+    return json_response(listing)
 
 
 @bp.post("/v1/jobs/<job_id>/cancel")
 def cancel(job_id: str):
-    return _record(_service().cancel(job_id))
+    return _record(services().jobs.cancel(job_id))

@@ -8,10 +8,11 @@ issue wins (GET /models is the lightweight server's).
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 
 from shared.errors import NotFound
 from shared.registry import ModelSpec
+from web.app_services import services
 from web.blocking import settle
 from web.bodies import json_body
 from web.protocols.openai import ChatCompletionRequest
@@ -30,17 +31,14 @@ from web.protocols.seeds import (
     restore_cache_answer,
     set_model_answer,
 )
+from web.responses import json_response
 
 bp = Blueprint("seeds", __name__)
 
 
-def _services():
-    return current_app.extensions["conveyor"]
-
-
 def _spec(name: str | None) -> ModelSpec:
-    svc = _services()
-    spec = svc.registry.get(name) if name else svc.jobs.default_model("chat")
+    svc = services()
+    spec = svc.registry.get(name) if name else svc.catalog.default_model("chat")
     if spec is None:
         raise NotFound(
             f"model {name!r} is not in the registry"
@@ -53,7 +51,7 @@ def _spec(name: str | None) -> ModelSpec:
 
 
 def _run(req):
-    svc = _services()
+    svc = services()
     with svc.holds.hold("wait"):
         job = svc.jobs.submit(req, need_worker=True)
         return settle(svc.jobs, job, svc.settings.sync_wait_s)
@@ -61,9 +59,9 @@ def _run(req):
 
 @bp.get("/health")
 def health():
-    jobs = _services().jobs
-    loaded = [m["id"] for m in jobs.models() if m["loaded"]]
-    current = jobs.default_model("chat")
+    catalog = services().catalog
+    loaded = catalog.loaded()
+    current = catalog.default_model("chat")
     return jsonify(
         {
             "status": "healthy",
@@ -77,7 +75,7 @@ def health():
 
 @bp.get("/")
 def index():
-    loaded = [m["id"] for m in _services().jobs.models() if m["loaded"]]
+    loaded = services().catalog.loaded()
     return jsonify({"status": "running", "message": "conveyor is running", "models": loaded})
 
 
@@ -90,39 +88,38 @@ def generate_with(model: str):
 
 @bp.get("/admin/memory_status")
 def memory():
-    svc = _services()
+    svc = services()
     return jsonify(memory_status(svc.fleet.workers(), svc.settings.worker_max_memory_mb))
 
 
 @bp.get("/admin/model_status")
 def models_status():
-    svc = _services()
-    return jsonify(model_status(svc.jobs.models(), {s.id: s for s in svc.registry}))
+    svc = services()
+    return jsonify(model_status(svc.catalog.models(), {s.id: s for s in svc.registry}))
 
 
 @bp.post("/admin/emergency_cleanup")
 def emergency_cleanup():
-    svc = _services()
-    notified = svc.fleet.broadcast("cleanup")
-    return jsonify(
-        {"status": "success", "workers_notified": notified, "temp": svc.jobs.sweep_payloads()}
-    )
+    svc = services()
+    notified = svc.housekeeping.free_worker_memory()
+    temp = svc.housekeeping.sweep_payloads().model_dump()
+    return jsonify({"status": "success", "workers_notified": notified, "temp": temp})
 
 
 @bp.get("/admin/temp_status")
 def temp_status():
-    return jsonify({"status": "success", **_services().jobs.payload_usage()})
+    return jsonify({"status": "success", **services().housekeeping.payload_usage().model_dump()})
 
 
 @bp.post("/admin/cleanup_temp")
 def cleanup_temp():
-    return jsonify({"status": "success", **_services().jobs.sweep_payloads()})
+    return jsonify({"status": "success", **services().housekeeping.sweep_payloads().model_dump()})
 
 
 # the lightweight model server (seeds/000)
 @bp.get("/models")
 def models():
-    return jsonify(lightweight_models(_services().jobs.models()))
+    return jsonify(lightweight_models(services().catalog.models()))
 
 
 @bp.post("/models/<path:name>/generate")
@@ -140,14 +137,14 @@ def generate():
 
 @bp.get("/model_info")
 def model_info():
-    return jsonify(_services().jobs.model(_spec(request.args.get("model")).id))
+    return json_response(services().catalog.card(_spec(request.args.get("model"))))
 
 
 # the llama.cpp server (seeds/003)
 @bp.post("/setModel")
 def set_model():
     req = parse_model(SetModel, json_body())
-    return jsonify(set_model_answer(_services().jobs.select_chat_model(req.model_name), req))
+    return jsonify(set_model_answer(services().catalog.select_chat_model(req.model_name), req))
 
 
 @bp.post("/restore_cache")

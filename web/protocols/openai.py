@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.errors import InvalidInput
 from shared.inputs import Message
 from shared.jobs import Priority
+from web.protocols.jobs import JobRequest
 from web.protocols.parsing import unsupported
-from web.service import JobRequest
 
 
 class _Strict(BaseModel):

@@ -1,278 +1,274 @@
-"""OpenAI's response bodies, stream chunks and error shape, built from job records."""
+"""OpenAI's response bodies, stream chunks and error shape, each built from a job record.
+
+Fields follow the order of OpenAI's API reference. A few keys OpenAI sends only sometimes
+(a message's tool_calls, a chunk's usage) are left out of the body unless set.
+"""
 
 from __future__ import annotations
 
 import base64
-import json
-import logging
 import struct
-from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, Field, model_serializer
 
 from shared.errors import ConveyorError
-from shared.jobs import JobRecord, JobStatus
-from web.blocking import JobCanceledError, JobFailedError
-from web.service import JobService
+from shared.jobs import JobRecord
 
-log = logging.getLogger(__name__)
-
-DONE = "data: [DONE]\n\n"
-KEEPALIVE = ": keep-alive\n\n"  # an SSE comment: clients skip it; a gone client makes it fail
-# Longest gap between two keep-alives (CONVEYOR_SSE_HEARTBEAT_S when shorter): the second
-# write to a client that left fails, so its job is canceled within about twice this.
-KEEPALIVE_MAX_S = 5.0
 _STATUS = {415: 400, 422: 400}  # OpenAI answers every invalid request with 400
 
 
+class Reply(BaseModel):
+    # Keys sent only when set (OpenAI leaves them out rather than sending null).
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset(self, handler):
+        data = handler(self)
+        for name in self.OPTIONAL - self.model_fields_set:
+            data.pop(name, None)
+        return data
+
+    def wire(self) -> dict[str, Any]:
+        """Return the JSON body."""
+        return self.model_dump(mode="json")
+
+
 # errors
-def openai_error(exc: ConveyorError) -> tuple[dict[str, Any], int]:
-    """Return OpenAI's error body and status for a conveyor error."""
-    status = _STATUS.get(exc.status_code, exc.status_code)
-    if status >= 500:
-        type_ = "server_error"
-    elif status == 429:
-        type_ = "rate_limit_exceeded"
-    else:
-        type_ = "invalid_request_error"
-    code = exc.code or (exc.type if exc.type != type_ else None)
-    param = exc.param.removeprefix("input.") if exc.param else None
-    return {"error": {"message": exc.message, "type": type_, "param": param, "code": code}}, status
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, rate_limit_exceeded or server_error.")
+    param: str | None = None
+    code: str | None = None
 
 
-def _failure(job: JobRecord) -> ConveyorError:
-    return JobCanceledError(job) if job.status == JobStatus.CANCELED else JobFailedError(job)
+class OpenAIError(Reply):
+    """OpenAI's error body; the status comes with it from of()."""
+
+    error: OpenAIErrorDetail
+
+    @classmethod
+    def of(cls, exc: ConveyorError) -> tuple[OpenAIError, int]:
+        """Return OpenAI's error body and status for a conveyor error."""
+        status = _STATUS.get(exc.status_code, exc.status_code)
+        if status >= 500:
+            type_ = "server_error"
+        elif status == 429:
+            type_ = "rate_limit_exceeded"
+        else:
+            type_ = "invalid_request_error"
+        code = exc.code or (exc.type if exc.type != type_ else None)
+        param = exc.param.removeprefix("input.") if exc.param else None
+        detail = OpenAIErrorDetail(message=exc.message, type=type_, param=param, code=code)
+        return cls(error=detail), status
 
 
 # bodies
-def usage(job: JobRecord) -> dict[str, int]:
-    """Return OpenAI's usage block from the job's token counts."""
-    prompt = job.metrics.prompt_tokens or 0
-    completion = job.metrics.completion_tokens or 0
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, job: JobRecord) -> Usage:
+        """Return OpenAI's usage block from the job's token counts."""
+        prompt = job.metrics.prompt_tokens or 0
+        completion = job.metrics.completion_tokens or 0
+        return cls(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        )
 
 
-def _finish_reason(output: dict[str, Any]) -> str:
+def finish_reason(output: dict[str, Any]) -> str:
+    """Return OpenAI's finish_reason for a job's output."""
     if output.get("tool_calls") and output.get("finish_reason") in (None, "stop"):
         return "tool_calls"
     return output.get("finish_reason") or "stop"
 
 
-def chat_completion(job: JobRecord) -> dict[str, Any]:
-    """Return the chat.completion object of a succeeded chat job."""
-    out = job.output or {}
-    tool_calls = out.get("tool_calls")
-    message: dict[str, Any] = {
-        "role": "assistant",
-        "content": out.get("text") or (None if tool_calls else ""),
-        "refusal": None,
-    }
-    if tool_calls:
-        message["tool_calls"] = tool_calls
-    return {
-        "id": f"chatcmpl-{job.id}",
-        "object": "chat.completion",
-        "created": int(job.created_at),
-        "model": job.model,
-        "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish_reason(out)}
-        ],
-        "usage": usage(job),
-        "system_fingerprint": None,
-    }
+class AssistantMessage(Reply):
+    OPTIONAL = frozenset({"tool_calls"})
+
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    refusal: str | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(
+        None, description="OpenAI's tool calls: {id, type: function, function: {name, arguments}}."
+    )
 
 
-def completion(job: JobRecord, echo_prompt: str | None = None) -> dict[str, Any]:
-    """Return the text_completion object of a succeeded completion job."""
-    out = job.output or {}
-    return {
-        "id": f"cmpl-{job.id}",
-        "object": "text_completion",
-        "created": int(job.created_at),
-        "model": job.model,
-        "choices": [
-            {
-                "index": 0,
-                "text": (echo_prompt or "") + out.get("text", ""),
-                "logprobs": None,
-                "finish_reason": _finish_reason(out),
-            }
-        ],
-        "usage": usage(job),
-        "system_fingerprint": None,
-    }
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str
 
 
-def embeddings(job: JobRecord, encoding_format: str = "float") -> dict[str, Any]:
-    """Return the embeddings list; base64 is little-endian float32, as OpenAI sends it."""
-    vectors = (job.output or {}).get("embeddings") or []
-    data = [
-        {
-            "object": "embedding",
-            "index": i,
-            "embedding": _b64(v) if encoding_format == "base64" else v,
-        }
-        for i, v in enumerate(vectors)
-    ]
-    prompt = job.metrics.prompt_tokens or 0
-    return {
-        "object": "list",
-        "data": data,
-        "model": job.model,
-        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
-    }
+class ChatCompletion(Reply):
+    """The chat.completion object of a succeeded chat job."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+    @classmethod
+    def of(cls, job: JobRecord) -> ChatCompletion:
+        out = job.output or {}
+        calls = out.get("tool_calls")
+        message = AssistantMessage(content=out.get("text") or (None if calls else ""))
+        if calls:
+            message.tool_calls = calls
+        return cls(
+            id=f"chatcmpl-{job.id}",
+            created=int(job.created_at),
+            model=job.model,
+            choices=[ChatChoice(message=message, finish_reason=finish_reason(out))],
+            usage=Usage.of(job),
+        )
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class Completion(Reply):
+    """The text_completion object of a succeeded completion job."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+    @classmethod
+    def of(cls, job: JobRecord, echo_prompt: str | None = None) -> Completion:
+        out = job.output or {}
+        text = (echo_prompt or "") + out.get("text", "")
+        return cls(
+            id=f"cmpl-{job.id}",
+            created=int(job.created_at),
+            model=job.model,
+            choices=[CompletionChoice(text=text, finish_reason=finish_reason(out))],
+            usage=Usage.of(job),
+        )
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(
+        description="The vector; base64 of little-endian float32 with encoding_format base64."
+    )
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(Reply):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+    @classmethod
+    def of(cls, job: JobRecord, encoding_format: str = "float") -> EmbeddingList:
+        vectors = (job.output or {}).get("embeddings") or []
+        data = [
+            Embedding(index=i, embedding=_b64(v) if encoding_format == "base64" else v)
+            for i, v in enumerate(vectors)
+        ]
+        prompt = job.metrics.prompt_tokens or 0
+        usage = EmbeddingUsage(prompt_tokens=prompt, total_tokens=prompt)
+        return cls(data=data, model=job.model, usage=usage)
 
 
 def _b64(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 
 
-def transcription(job: JobRecord, response_format: str, language: str | None) -> Any:
+class Transcription(Reply):
+    """response_format json."""
+
+    text: str
+
+
+class VerboseTranscription(Reply):
+    """response_format verbose_json."""
+
+    task: Literal["transcribe"] = "transcribe"
+    language: str | None
+    duration: float | None
+    text: str
+    segments: list[dict[str, Any]]
+
+
+def transcription(
+    job: JobRecord, response_format: str, language: str | None
+) -> Transcription | VerboseTranscription | str:
     """Return a transcription as json, verbose_json or plain text."""
     out = job.output or {}
     text = out.get("text", "")
     if response_format == "text":
         return text
     if response_format == "verbose_json":
-        return {
-            "task": "transcribe",
-            "language": out.get("language") or language,
-            "duration": out.get("duration"),
-            "text": text,
-            "segments": out.get("segments") or [],
-        }
-    return {"text": text}
+        return VerboseTranscription(
+            language=out.get("language") or language,
+            duration=out.get("duration"),
+            text=text,
+            segments=out.get("segments") or [],
+        )
+    return Transcription(text=text)
 
 
-# streams
-def _data(obj: dict[str, Any]) -> str:
-    return f"data: {json.dumps(obj)}\n\n"
+# stream chunks
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: dict[str, Any] = Field(description="role, content or tool_calls added by this chunk.")
+    logprobs: None = None
+    finish_reason: str | None = None
 
 
-def _follow(jobs: JobService, job_id: str, heartbeat_s: float) -> Iterator[tuple[str, Any]]:
-    """Yield ("token", text), ("idle", None) and finally ("end", record) for a job."""
-    sent = 0
-    for item in jobs.follow(job_id, "0-0", heartbeat_s):
-        if item is None:
-            yield "idle", None
-            continue
-        _event_id, event, data = item
-        if event == "token":
-            index = data.get("index", sent)
-            if index < sent:  # a re-run after a lost worker repeats what was sent
-                continue
-            sent = index + 1
-            yield "token", data.get("text", "")
-    # It ended (or its events expired or were trimmed): the record says how.
-    yield "end", jobs.get(job_id)
+class ChatCompletionChunk(Reply):
+    """One chat.completion.chunk; `usage` is sent (null until the last) with include_usage."""
+
+    OPTIONAL = frozenset({"usage"})
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
 
 
-def _stream(
-    jobs: JobService, job: JobRecord, opening: str, frames, heartbeat_s: float
-) -> Iterator[str]:
-    """Drive a job's events through frames(kind, value); cancel the job if the client goes."""
-    ended = False
-    try:
-        yield opening
-        for kind, value in _follow(jobs, job.id, heartbeat_s):
-            if kind == "idle":
-                yield KEEPALIVE
-                continue
-            ended = kind == "end"
-            if ended and value.status != JobStatus.SUCCEEDED:
-                yield _data(openai_error(_failure(value))[0])
-                break
-            yield from frames(kind, value)
-        yield DONE
-    except GeneratorExit:
-        if not ended:
-            log.info("job %s model %s: stream client went away; canceling", job.id, job.model)
-            jobs.cancel(job.id)
-        raise
-    except Exception as exc:  # headers are sent: the error can only travel in the stream
-        log.exception("job %s model %s: stream failed", job.id, job.model)
-        err = exc if isinstance(exc, ConveyorError) else ConveyorError("stream failed")
-        yield _data(openai_error(err)[0])
+class CompletionChunkChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: str | None = None
 
 
-def chat_stream(
-    jobs: JobService, job: JobRecord, *, include_usage: bool = False, heartbeat_s: float
-) -> Iterator[str]:
-    """Yield chat.completion.chunk frames for a submitted chat job, then [DONE]."""
-    base = {
-        "id": f"chatcmpl-{job.id}",
-        "object": "chat.completion.chunk",
-        "created": int(job.created_at),
-        "model": job.model,
-        "system_fingerprint": None,
-    }
-    extra = {"usage": None} if include_usage else {}
-    streamed: list[str] = []
+class CompletionChunk(Reply):
+    """One streamed text_completion; `usage` as in chat chunks."""
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return _data({**base, "choices": [choice], **extra})
+    OPTIONAL = frozenset({"usage"})
 
-    def frames(kind: str, value: Any) -> Iterator[str]:
-        if kind == "token":
-            streamed.append(value)
-            yield chunk({"content": value})
-            return
-        out = value.output or {}
-        rest = _unsent(out.get("text") or "", "".join(streamed))
-        if rest:
-            yield chunk({"content": rest})
-        if out.get("tool_calls"):
-            yield chunk(
-                {"tool_calls": [{"index": i, **call} for i, call in enumerate(out["tool_calls"])]}
-            )
-        yield chunk({}, _finish_reason(out))
-        if include_usage:
-            yield _data({**base, "choices": [], "usage": usage(value)})
-
-    yield from _stream(jobs, job, chunk({"role": "assistant", "content": ""}), frames, heartbeat_s)
-
-
-def completion_stream(
-    jobs: JobService,
-    job: JobRecord,
-    *,
-    echo_prompt: str | None = None,
-    include_usage: bool = False,
-    heartbeat_s: float,
-) -> Iterator[str]:
-    """Yield text_completion chunk frames for a submitted completion job, then [DONE]."""
-    base = {
-        "id": f"cmpl-{job.id}",
-        "object": "text_completion",
-        "created": int(job.created_at),
-        "model": job.model,
-        "system_fingerprint": None,
-    }
-    extra = {"usage": None} if include_usage else {}
-    streamed: list[str] = []
-
-    def chunk(text: str, finish: str | None = None) -> str:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        return _data({**base, "choices": [choice], **extra})
-
-    def frames(kind: str, value: Any) -> Iterator[str]:
-        if kind == "token":
-            streamed.append(value)
-            yield chunk(value)
-            return
-        out = value.output or {}
-        yield chunk(_unsent(out.get("text") or "", "".join(streamed)), _finish_reason(out))
-        if include_usage:
-            yield _data({**base, "choices": [], "usage": usage(value)})
-
-    opening = chunk(echo_prompt) if echo_prompt else KEEPALIVE
-    yield from _stream(jobs, job, opening, frames, heartbeat_s)
-
-
-def _unsent(final: str, streamed: str) -> str:
-    """Return the part of the final text that no token event carried (non-streaming backends)."""
-    return final[len(streamed) :] if final.startswith(streamed) else ""
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[CompletionChunkChoice]
+    usage: Usage | None = None

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from shared.errors import InvalidInput
+from shared.validation import validate
 
 M = TypeVar("M", bound=BaseModel)
-_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "literal"}
-
-
-def field_path(loc: tuple) -> str:
-    """Return a dotted field path, without the type tags pydantic adds inside unions."""
-    parts: list[str] = []
-    for part in loc:
-        if isinstance(part, str) and ("[" in part or part.lower() in _TYPE_TAGS):
-            break
-        parts.append(str(part))
-    return ".".join(parts)
 
 
 def parse_model(cls: type[M], body: Any) -> M:
@@ -28,21 +18,7 @@ def parse_model(cls: type[M], body: Any) -> M:
     :raises InvalidInput: naming the first bad field ("Unrecognized request argument" for
         fields the model does not know, as OpenAI words it).
     """
-    if not isinstance(body, dict):
-        raise InvalidInput("request body must be a JSON object")
-    try:
-        return cls.model_validate(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        param = field_path(err["loc"]) or None
-        if err["type"] == "extra_forbidden":
-            raise InvalidInput(
-                f"Unrecognized request argument supplied: {param}",
-                param=param,
-                code="unrecognized_argument",
-            ) from None
-        message = err["msg"].removeprefix("Value error, ")
-        raise InvalidInput(f"{param}: {message}" if param else message, param=param) from None
+    return validate(cls, body)
 
 
 def unsupported(param: str, message: str) -> InvalidInput:

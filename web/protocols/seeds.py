@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.errors import InvalidInput, ModelNotAvailable
 from shared.jobs import JobRecord
 from shared.registry import ModelSpec, resolve_source
-from web.service import JobRequest
+from web.protocols.catalog import ModelCard
+from web.protocols.jobs import JobRequest
 
 # The pipeline names the lightweight server (seeds/000) gave its model types.
 PIPELINE = {
@@ -168,23 +169,23 @@ def memory_status(workers: list[dict[str, Any]], max_memory_mb: int | None) -> d
     }
 
 
-def model_status(models: list[dict[str, Any]], specs: dict[str, ModelSpec]) -> dict[str, Any]:
+def model_status(models: list[ModelCard], specs: dict[str, ModelSpec]) -> dict[str, Any]:
     """Return the seed server's model report: every id and alias, and each model's config."""
-    names = sorted({n for m in models for n in [m["id"], *m.get("aliases", [])]})
+    names = sorted({n for m in models for n in [m.id, *m.aliases]})
     configs = {}
     for m in models:
-        spec = specs[m["id"]]
-        configs[m["id"]] = {
+        spec = specs[m.id]
+        configs[m.id] = {
             "type": KIND.get(spec.backend, PIPELINE.get(spec.tasks[0], spec.tasks[0])),
-            "path": m["source"],
+            "path": m.source,
             "path_exists": _on_disk(spec),
             "quant_bits": QUANT_BITS.get(spec.quantization),
             "backend": spec.backend,
             "tasks": spec.tasks,
-            "aliases": m.get("aliases", []),
-            "loaded": m["loaded"],
-            "workers_online": m["workers_online"],
-            "queue_depth": m["queue_depth"],
+            "aliases": m.aliases,
+            "loaded": m.loaded,
+            "workers_online": m.workers_online,
+            "queue_depth": m.queue_depth,
         }
     return {"timestamp": int(time.time()), "available_models": names, "model_configs": configs}
 
@@ -212,18 +213,18 @@ def lightweight_answer(job: JobRecord) -> dict[str, Any]:
     return {"generated_text": answer_text(job), "model": job.model, "job_id": job.id}
 
 
-def lightweight_models(models: list[dict[str, Any]]) -> dict[str, Any]:
+def lightweight_models(models: list[ModelCard]) -> dict[str, Any]:
     """Return GET /models: {"models": [{name, type, parameters, ...}]}."""
     return {
         "models": [
             {
-                "name": m["id"],
-                "type": PIPELINE.get(m["tasks"][0], m["tasks"][0]),
+                "name": m.id,
+                "type": PIPELINE.get(m.tasks[0], m.tasks[0]),
                 "parameters": None,  # the registry does not record parameter counts
-                "description": m["description"],
-                "aliases": m.get("aliases", []),
-                "loaded": m["loaded"],
-                "workers_online": m["workers_online"],
+                "description": m.description,
+                "aliases": m.aliases,
+                "loaded": m.loaded,
+                "workers_online": m.workers_online,
             }
             for m in models
         ]
