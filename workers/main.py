@@ -1,141 +1,72 @@
-"""`conveyor worker --model ID`: a Celery worker that consumes only model.<ID>."""
+"""`conveyor worker --model ID`: a supervisor and the one model process it keeps running.
+
+The model process (workers/serve.py) loads the model once and consumes model.<ID> with
+Celery's threads pool: up to max_concurrency jobs at once against that one copy. This
+process loads nothing. It watches the model process, which can die in ways it cannot
+report itself (a native kernel that crashes on this CPU, the OOM killer):
+
+- dead while loading or warming up: the worker's start fails (exit 2) naming the fault;
+- dead while running jobs: each of those jobs records why (`lost_reason`; the reaper
+  queues it again once its lease lapses), and a fresh model process starts;
+- exited to be recycled (RSS ceiling, repeated out-of-memory, a step stuck past its hard
+  time limit), after its running jobs finished: a fresh one starts.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import logging
 import os
 import signal
+import subprocess
+import sys
 import tempfile
-import threading
 import time
-from functools import partial
 from pathlib import Path
 
-import psutil
 import redis
-from billiard.exceptions import WorkerLostError
-from celery import Celery, Task
-from celery.exceptions import Reject
-from celery.signals import worker_process_init, worker_process_shutdown
-from celery.worker.request import Request
 
-from shared.celery_app import RUN_JOB, enqueue_webhook, make_celery
 from shared.config import Settings
 from shared.errors import ConveyorError
-from shared.hub import ensure_weights
-from shared.jobs import JobError
-from shared.payloads import PayloadStore
+from shared.processes.child import child_env, die_with_parent
 from shared.registry import ModelSpec, load_registry, resolve_source
-from shared.store.jobs import IllegalTransition, JobStore, connect
-from shared.webhooks import WebhookNotifier
-from workers.reaper import Reaper
-from workers.runtime import WorkerRuntime
+from shared.store.jobs import JobStore, connect
+from workers.runtime import EXIT_RECYCLE, Journal
 
 log = logging.getLogger(__name__)
-EXIT_RECYCLE = 70
-WATCH_LOAD_S = 0.5
+RESTART_PAUSE_S = 1.0  # between restarts of a model process that died soon after starting
+STABLE_S = 30.0  # a model process that lived this long restarts at once
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
 class WorkerStartError(Exception):
     """The worker cannot serve its model; the message says why."""
 
 
-def build_worker_app(settings: Settings, spec: ModelSpec) -> Celery:
-    """Return the Celery app of a worker for one model, with its task and signals."""
-    registry = load_registry(settings.registry)
-    app = make_celery(settings, registry)
-    if settings.worker_max_memory_mb:
-        app.conf.worker_max_memory_per_child = settings.worker_max_memory_mb * 1024
-    app.conveyor_runtime = None
-    app.conveyor_state = None  # a StartState once run_worker starts the pool
+class FileJournal(Journal):
+    """A model process's running jobs, one empty file each, for its supervisor to read."""
 
-    class JobRequest(Request):
-        """A job's message in the worker's main process, which sees its pool process die."""
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
 
-        def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
-            exc = getattr(exc_info, "exception", None)
-            exc = getattr(exc, "exc", exc)  # billiard wraps it in an ExceptionWithTraceback
-            if isinstance(exc, WorkerLostError) and self.args:
-                _record_loss(settings, spec, app.conveyor_state, self.args[0], exc, self.worker_pid)
-            return super().on_failure(exc_info, send_failed_event, return_ok)
+    def started(self, job_id: str) -> None:
+        (self.folder / job_id).touch()
 
-        def on_timeout(self, soft, timeout):
-            # The hard limit kills the pool process mid-step: the job ends here, or its
-            # lease would lapse and the reaper would run the same stuck step again.
-            if not soft and self.args:
-                _end_at_hard_limit(settings, app, self.args[0], timeout)
-            return super().on_timeout(soft, timeout)
-
-    class JobTask(Task):
-        Request = JobRequest
-
-    @app.task(name=RUN_JOB, bind=True, base=JobTask)
-    def run_job(self, job_id: str) -> str:
-        runtime: WorkerRuntime = app.conveyor_runtime
-        soft = (self.request.timelimit or (None, None))[1]
-        try:
-            status = runtime.execute(job_id, soft)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            # The job store is unreachable: hand the message back rather than ack it away.
-            log.error("job %s: Redis unavailable (%s); requeueing the message", job_id, exc)
-            time.sleep(1.0)
-            raise Reject(exc, requeue=True) from exc
-        if runtime.should_exit:
-            log.error(
-                "worker %s keeps running out of memory; exiting to be replaced", runtime.worker_id
-            )
-            os._exit(EXIT_RECYCLE)
-        return status
-
-    def on_process_init(**_kwargs) -> None:
-        # Runs in each pool process after the fork: the only place a model is loaded.
-        state: StartState | None = app.conveyor_state
-        if state is not None:
-            state.loading_started()
-        try:
-            runtime = WorkerRuntime(
-                settings, registry, spec, send_webhook=partial(enqueue_webhook, app)
-            )
-            runtime.start()
-        except Exception as exc:
-            log.exception("model %s failed to load", spec.id)
-            if state is not None:
-                state.fail(f"model {spec.id} failed to load: {exc}")
-                state.loading_done()  # it said why; the watch must not call it a crash
-            os.kill(os.getppid(), signal.SIGTERM)
-            os._exit(3)
-        if state is not None:
-            state.loading_done()
-        app.conveyor_runtime = runtime
-        Reaper(
-            runtime.store,
-            registry,
-            app,
-            settings,
-            payloads=runtime.payloads,
-            notifier=runtime.notifier,
-        ).start(runtime.stop)
-
-    def on_process_shutdown(**_kwargs) -> None:
-        if app.conveyor_runtime is not None:
-            app.conveyor_runtime.shutdown()
-
-    worker_process_init.connect(on_process_init, weak=False)
-    worker_process_shutdown.connect(on_process_shutdown, weak=False)
-    return app
+    def ended(self, job_id: str) -> None:
+        (self.folder / job_id).unlink(missing_ok=True)
 
 
 class StartState:
-    """Files through which pool processes tell the worker's main process how they fare.
+    """Files through which a model process tells its supervisor how it fares.
 
-    A pool process that dies by a signal (a kernel that crashes on this CPU, the OOM killer)
-    cannot report anything itself. So each one writes a marker while it loads its model and
-    points Python's faulthandler at a file of its own; the main process watches the markers
-    and, when a loader dies, fails the start with what the fault handler wrote.
+    A model process that dies by a signal cannot report anything itself. So it writes a
+    marker while it loads its model, points Python's faulthandler at a file of its own for
+    its whole life, and notes the jobs it runs; the supervisor reads them once it died.
     """
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.failure = self.folder / "failure"
 
@@ -149,12 +80,12 @@ class StartState:
         return self.folder / f"{pid}.crash"
 
     def crash_report(self, pid: int | None) -> str:
-        """Return what the fault handler of pool process `pid` wrote, if it wrote anything."""
+        """Return what the fault handler of model process `pid` wrote, if anything."""
         path = self.crash_file(pid) if pid else None
         return path.read_text(errors="replace").strip() if path and path.exists() else ""
 
     def loading_started(self) -> None:
-        """In a pool process: record that it is loading, and have faults written down."""
+        """In the model process: record that it is loading, and have faults written down."""
         pid = os.getpid()
         # Kept open for the process's life: the fault handler writes to its descriptor.
         self._crash = open(self.crash_file(pid), "w")  # noqa: SIM115
@@ -164,81 +95,154 @@ class StartState:
     def loading_done(self) -> None:
         (self.folder / f"{os.getpid()}.loading").unlink(missing_ok=True)
 
-    def dead_loader(self) -> int | None:
-        """Return the pid of a pool process that died while loading, if there is one."""
-        for marker in self.folder.glob("*.loading"):
-            pid = int(marker.stem)
-            try:
-                alive = psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-            except psutil.NoSuchProcess:
-                alive = False
-            if not alive:
-                return pid
-        return None
+    def was_loading(self, pid: int) -> bool:
+        return (self.folder / f"{pid}.loading").exists()
 
-    def watch(self, model: str, stop: threading.Event) -> None:
-        """In the main process: stop the worker when a pool process dies loading `model`."""
-        while not stop.wait(WATCH_LOAD_S):
-            pid = self.dead_loader()
-            if pid is None or self.failed():
-                continue
-            report = self.crash_report(pid)
-            cause = report.splitlines()[0] if report else "killed by a signal (no fault report)"
-            log.error(
-                "model %s: pool process %s died while loading: %s\n%s", model, pid, cause, report
-            )
-            self.fail(
-                f"model {model} crashed while loading or warming up ({cause}); "
-                "see the worker log, and README 'Troubleshooting'"
-            )
-            os.kill(os.getpid(), signal.SIGTERM)
+    def journal(self) -> FileJournal:
+        """In the model process: where it notes its running jobs."""
+        return FileJournal(self._jobs_folder(os.getpid()))
+
+    def running_jobs(self, pid: int) -> list[str]:
+        """Return the jobs model process `pid` was running when it stopped."""
+        folder = self._jobs_folder(pid)
+        return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+    def forget(self, pid: int) -> None:
+        """Drop what a dead model process left here."""
+        for path in (self.crash_file(pid), self.folder / f"{pid}.loading"):
+            path.unlink(missing_ok=True)
+        folder = self._jobs_folder(pid)
+        if folder.exists():
+            for path in folder.iterdir():
+                path.unlink(missing_ok=True)
+            folder.rmdir()
+
+    def _jobs_folder(self, pid: int) -> Path:
+        return self.folder / f"{pid}.jobs"
+
+
+def describe_exit(returncode: int) -> str:
+    """Say how a process ended, as billiard does: `signal 11 (SIGSEGV)` or `exitcode 3`."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown"
+        return f"signal {-returncode} ({name})"
+    return f"exitcode {returncode}"
+
+
+class Supervisor:
+    """Run a model's model process, restart it when it dies, record what it lost."""
+
+    def __init__(
+        self, settings: Settings, spec: ModelSpec, folder: str, concurrency: int | None
+    ) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.state = StartState(folder)
+        self.concurrency = concurrency
+        self.proc: subprocess.Popen | None = None
+        self.stopping = False
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "workers.serve", "--model", self.spec.id]
+        cmd += ["--state", str(self.state.folder)]
+        if self.concurrency:
+            cmd += ["--concurrency", str(self.concurrency)]
+        return cmd
+
+    def run(self) -> None:
+        """Block until the worker stops. :raises WorkerStartError: the model cannot load."""
+        previous = {sig: signal.signal(sig, self._forward) for sig in FORWARDED}
+        try:
+            while not self.stopping:
+                started = time.monotonic()
+                # Its own session: a terminal's Ctrl-C reaches this process only, which passes
+                # it on once (a second SIGINT would make Celery's shutdown a cold one).
+                self.proc = subprocess.Popen(
+                    self.command(),
+                    env=child_env(self.settings),
+                    preexec_fn=die_with_parent,
+                    start_new_session=True,
+                )
+                returncode = self.proc.wait()
+                if not self._after_exit(self.proc.pid, returncode):
+                    return
+                if time.monotonic() - started < STABLE_S:
+                    time.sleep(RESTART_PAUSE_S)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _forward(self, signum, _frame) -> None:
+        self.stopping = True
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signum)
+
+    def _after_exit(self, pid: int, returncode: int) -> bool:
+        """Handle the end of model process pid; return whether to start another."""
+        try:
+            if self.stopping:
+                return False
+            failure = self.state.failed()
+            if failure:
+                raise WorkerStartError(failure)
+            report = self.state.crash_report(pid)
+            if self.state.was_loading(pid):
+                cause = report.splitlines()[0] if report else describe_exit(returncode)
+                log.error(
+                    "model %s: model process %s died while loading: %s\n%s",
+                    self.spec.id,
+                    pid,
+                    cause,
+                    report,
+                )
+                raise WorkerStartError(
+                    f"model {self.spec.id} crashed while loading or warming up ({cause}); "
+                    "see the worker log, and README 'Troubleshooting'"
+                )
+            if returncode == EXIT_RECYCLE:
+                log.warning("model %s: model process %s recycled", self.spec.id, pid)
+                return True
+            if returncode == 0:
+                return False  # Celery stopped on its own (e.g. a remote shutdown)
+            self._record_losses(pid, describe_exit(returncode), report)
+            return True
+        finally:
+            self.state.forget(pid)
+
+    def _record_losses(self, pid: int, how: str, report: str) -> None:
+        """Keep why the model process was lost on each job it ran, its fault report in
+        the log; the reaper queues each job again once its lease lapses."""
+        reason = f"pool process {pid} on model {self.spec.id} exited: {how}"
+        jobs = self.state.running_jobs(pid)
+        log.error(
+            "model %s: model process %s exited (%s) running %s jobs; starting a fresh one\n%s",
+            self.spec.id,
+            pid,
+            how,
+            len(jobs),
+            report,
+        )
+        if not jobs:
             return
-
-
-def _record_loss(
-    settings: Settings,
-    spec: ModelSpec,
-    state: StartState | None,
-    job_id: str,
-    exc: WorkerLostError,
-    pid: int | None,
-) -> None:
-    """Keep why a pool process was lost on its job, and its fault report in the log."""
-    how = str(exc).removeprefix("Worker exited prematurely: ").split(" Job:")[0]
-    reason = f"pool process {pid} on model {spec.id} exited: {how}"
-    report = state.crash_report(pid) if state else ""
-    log.error("job %s model %s: %s\n%s", job_id, spec.id, reason, report)
-    try:
-        JobStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s).note_loss(job_id, reason)
-    except redis.RedisError:
-        log.warning("job %s: could not record why its worker was lost", job_id, exc_info=True)
-
-
-def _end_at_hard_limit(settings: Settings, app: Celery, job_id: str, limit_s: float) -> None:
-    """Fail a job whose step outlived Celery's hard time limit: its pool process is gone."""
-    store = JobStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s)
-    error = JobError(
-        type="timeout",
-        message=f"a step of the job did not return within the {limit_s:g} s hard time limit; "
-        "its pool process was replaced",
-    )
-    try:
-        rec = store.mark_failed(job_id, error)
-    except IllegalTransition:
-        return  # it ended some other way first
-    except redis.RedisError:
-        log.warning("job %s: could not record its hard time limit", job_id, exc_info=True)
-        return
-    log.error("job %s model %s: %s", job_id, rec.model, error.message)
-    PayloadStore(settings.payload_location, max_bytes=settings.max_media_bytes).delete(job_id)
-    WebhookNotifier(store.r, partial(enqueue_webhook, app), ttl_s=settings.result_ttl_s).ended(rec)
+        try:
+            store = JobStore(connect(self.settings.redis_url), ttl_s=self.settings.result_ttl_s)
+            for job_id in jobs:
+                log.error("job %s model %s: %s", job_id, self.spec.id, reason)
+                store.note_loss(job_id, reason)
+        except redis.RedisError:
+            log.warning("could not record why jobs %s were lost", jobs, exc_info=True)
 
 
 def run_worker(
-    settings: Settings, model: str, *, concurrency: int = 1, loglevel: str = "INFO"
+    settings: Settings, model: str, *, concurrency: int | None = None, loglevel: str = "INFO"
 ) -> None:
     """Start a worker for one model and block until it stops.
 
+    concurrency: jobs at once (default: the model's max_concurrency), against one copy.
     :raises WorkerStartError: unknown model, weights missing, or the model failed to load.
     """
     registry = load_registry(settings.registry)
@@ -248,40 +252,9 @@ def run_worker(
             f"model {model!r} is not in {settings.registry}; known: {[s.id for s in registry]}"
         )
     try:
-        ensure_weights(spec, settings)  # CONVEYOR_AUTO_PULL
         resolve_source(spec)
     except ConveyorError as exc:
         raise WorkerStartError(exc.message) from None
-    app = build_worker_app(settings, spec)
-    stop_watching = threading.Event()
+    settings = settings.model_copy(update={"log_level": loglevel})
     with tempfile.TemporaryDirectory(prefix="conveyor-worker-") as folder:
-        state = app.conveyor_state = StartState(folder)
-        threading.Thread(
-            target=state.watch,
-            args=(spec.id, stop_watching),
-            name="conveyor-load-watch",
-            daemon=True,
-        ).start()
-        try:
-            app.worker_main(
-                [
-                    "worker",
-                    "--queues",
-                    spec.queue,
-                    "--concurrency",
-                    str(concurrency),
-                    "--pool",
-                    "prefork",
-                    "--hostname",
-                    f"{spec.id}@%h",
-                    "--loglevel",
-                    loglevel,
-                    "--without-gossip",
-                    "--without-mingle",
-                ]
-            )
-        finally:
-            stop_watching.set()
-        failure = state.failed()
-    if failure:
-        raise WorkerStartError(failure)
+        Supervisor(settings, spec, folder, concurrency).run()

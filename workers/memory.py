@@ -1,4 +1,4 @@
-"""Process memory: measure it, and give back what a finished job left behind."""
+"""Process memory: measure it, and give back what finished jobs left behind."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import gc
 import logging
 import os
 import sys
+import threading
+import time
 from typing import Any
 
 import psutil
@@ -40,6 +42,53 @@ def release_memory() -> None:
         torch.cuda.reset_peak_memory_stats()
     if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
         _LIBC.malloc_trim(0)
+
+
+# While jobs keep arriving the batch may never drain; then clean up after this many ends.
+RELEASE_EVERY_JOBS = 32
+
+
+class Releaser:
+    """When to release memory in a process that runs several jobs at once.
+
+    A release (a gc pass, the CUDA cache, malloc_trim) after every job would run while the
+    other jobs of the batch are mid-step, holding the GIL and malloc's locks for them. So it
+    runs when the batch drains (the last running job ended), or after RELEASE_EVERY_JOBS
+    ends without a drain, which bounds both the garbage kept and how often running jobs
+    share the machine with a release. Two threads never release at once.
+    """
+
+    def __init__(self, every_jobs: int = RELEASE_EVERY_JOBS) -> None:
+        self.every_jobs = every_jobs
+        self._lock = threading.Lock()
+        self._running = threading.Lock()
+        self._since = 0
+        self.releases = 0
+        self.last_seconds: float | None = None
+
+    def after_job(self, *, drained: bool) -> bool:
+        """Count a job's end; release if the batch drained or enough jobs ended. Return
+        whether this call released."""
+        with self._lock:
+            self._since += 1
+            if not drained and self._since < self.every_jobs:
+                return False
+            self._since = 0
+        return self.release(wait=False)
+
+    def release(self, *, wait: bool = True) -> bool:
+        """Release memory now (wait=False: unless another thread is doing it)."""
+        if not self._running.acquire(blocking=wait):
+            return False
+        try:
+            t0 = time.perf_counter()
+            release_memory()
+            self.last_seconds = time.perf_counter() - t0
+            self.releases += 1
+        finally:
+            self._running.release()
+        log.debug("memory released in %.1f ms", self.last_seconds * 1000)
+        return True
 
 
 _PROCESS: psutil.Process | None = None

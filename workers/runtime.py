@@ -1,4 +1,5 @@
-"""One worker process's runtime: load the backend once, run jobs, clean up after each."""
+"""A worker's runtime: load the backend once, run up to max_concurrency jobs at once on it,
+clean up when the batch drains."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -18,6 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from shared.celery_app import (
     COOPERATIVE_GRACE_S,
+    HARD_LIMIT_GRACE_S,
     enqueue_webhook,
     job_deadline_s,
     make_celery,
@@ -29,11 +30,13 @@ from shared.jobs import JobError, JobRecord, now
 from shared.payloads import PayloadStore
 from shared.registry import ModelSpec, Registry
 from shared.store.fleet import COMMANDS_CHANNEL, Fleet
-from shared.store.jobs import Claim, IllegalTransition, JobStore, connect
+from shared.store.job_end import JobEnd
+from shared.store.jobs import Claim, JobStore, connect
 from shared.webhooks import WebhookNotifier
 from workers.backends import backend_class
 from workers.backends.base import Backend, JobContext, Result
-from workers.memory import is_out_of_memory, memory_stats, release_memory
+from workers.memory import Releaser, is_out_of_memory, memory_stats
+from workers.slots import Slot, Slots
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +46,27 @@ HEARTBEAT_S = 3.0
 # few writes a second instead of one per job.
 PUBLISH_EVERY_S = 0.25
 OOM_EXIT_AFTER = 3  # consecutive out-of-memory failures before the process asks to be replaced
+EXIT_RECYCLE = 70  # the model process exits with this to be replaced by a fresh one
+ACK_GRACE_S = 0.5  # after the last job of a recycled process, time for Celery to ack it
+
+
+class Journal:
+    """Where the runtime notes the jobs it runs, for whoever sees the process die (the
+    worker's supervisor records why each one was lost). The default notes nothing."""
+
+    def started(self, job_id: str) -> None:
+        """A job started running here."""
+
+    def ended(self, job_id: str) -> None:
+        """This process is done with a job."""
 
 
 class WorkerRuntime:
-    """Everything one pool process needs to run jobs for its model."""
+    """Everything a worker's model process needs to run jobs for its model.
+
+    execute() is called from up to max_concurrency Celery pool threads at once; each job
+    gets its own JobContext (events, cancel, deadline), lease and time limits.
+    """
 
     def __init__(
         self,
@@ -54,6 +74,7 @@ class WorkerRuntime:
         registry: Registry,
         spec: ModelSpec,
         send_webhook: Callable[[str], None] | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -65,14 +86,21 @@ class WorkerRuntime:
         if send_webhook is None:
             send_webhook = partial(enqueue_webhook, make_celery(settings, registry))
         self.notifier = WebhookNotifier(self.store.r, send_webhook, ttl_s=settings.result_ttl_s)
+        self.ends = JobEnd(self.store, self.payloads, self.notifier)
         self.backend: Backend = backend_class(spec.backend)(spec, settings)
+        self.max_concurrency = self.backend.max_concurrency
+        self.journal = journal or Journal()
+        self.slots = Slots()
+        self.releaser = Releaser()
         self.jobs_done = 0
-        self.current_job: str | None = None
         self.consecutive_oom = 0
-        self.should_exit = False
         self.started_at = time.time()
         self.stop = threading.Event()
-        self._leased: str | None = None
+        self.recycling: str | None = None  # why this process is being replaced
+        # Set by the process that consumes the queue: stop taking jobs, and exit.
+        self.stop_consuming: Callable[[], None] = lambda: None
+        self.exit: Callable[[int], None] = os._exit
+        self._lock = threading.Lock()
         self._published_at = 0.0
         self._unpublished = threading.Event()
 
@@ -82,18 +110,23 @@ class WorkerRuntime:
         t0 = time.perf_counter()
         self.backend.load()
         # What is alive now (imports, Celery, the model) lives as long as the process. Freeze
-        # it so the gc.collect() after every job scans only what jobs allocated: a full pass
-        # over all of it cost 50-90 ms per job, more than an echo job's whole round trip.
+        # it so the gc.collect() after a batch scans only what jobs allocated: a full pass
+        # over all of it cost 50-90 ms, more than an echo job's whole round trip.
         gc.collect()
         gc.freeze()
         self.load_seconds = round(time.perf_counter() - t0, 3)
         log.info(
-            "worker %s model %s loaded in %.2fs", self.worker_id, self.spec.id, self.load_seconds
+            "worker %s model %s loaded in %.2fs (up to %s jobs at once)",
+            self.worker_id,
+            self.spec.id,
+            self.load_seconds,
+            self.max_concurrency,
         )
         self.publish()
         threading.Thread(target=self._heartbeat, name="conveyor-heartbeat", daemon=True).start()
         threading.Thread(target=self._listen, name="conveyor-commands", daemon=True).start()
         threading.Thread(target=self._renew_leases, name="conveyor-lease", daemon=True).start()
+        self.slots.watch(self.stop, self._hard_limit)
 
     def shutdown(self) -> None:
         self.stop.set()
@@ -102,6 +135,7 @@ class WorkerRuntime:
 
     def facts(self) -> dict[str, Any]:
         """Return what this worker publishes about itself."""
+        running = self.slots.live_ids()
         return {
             "worker": self.worker_id,
             "model": self.spec.id,
@@ -110,7 +144,10 @@ class WorkerRuntime:
             "hostname": socket.gethostname(),
             "loaded": self.backend.loaded,
             "jobs_done": self.jobs_done,
-            "current_job": self.current_job,
+            "current_job": running[0] if running else None,
+            "running_jobs": running,
+            "max_concurrency": self.max_concurrency,
+            "recycling": self.recycling,
             "started_at": self.started_at,
             "load_seconds": getattr(self, "load_seconds", None),
             "memory": memory_stats(),
@@ -153,36 +190,31 @@ class WorkerRuntime:
                     if command == "cleanup":
                         log.info("worker %s: cleanup requested by an operator", self.worker_id)
                         self.backend.cleanup()
-                        release_memory()
+                        self.releaser.release()
                         self.publish()
             except Exception:  # reconnect after Redis blips
                 log.warning("worker %s command listener failed", self.worker_id, exc_info=True)
                 self.stop.wait(1.0)
 
-    @contextmanager
-    def _lease(self, job_id: str):
-        """Keep renewing this worker's lease on a job while it runs."""
-        self._leased = job_id
-        try:
-            yield
-        finally:
-            self._leased = None
-
     def _renew_leases(self) -> None:
-        # One thread for the process's life: starting a thread per job cost up to a
-        # millisecond of every job's latency on a busy machine.
+        # One thread for the process's life renews every running job's lease: starting a
+        # thread per job cost up to a millisecond of every job's latency on a busy machine.
         while not self.stop.wait(self.settings.lease_s / 3):
-            job_id = self._leased
-            if job_id is None:
-                continue
-            try:
-                self.store.renew_lease(job_id, self.worker_id, self.settings.lease_s)
-            except Exception:
-                log.warning("job %s lease renewal failed", job_id, exc_info=True)
+            for job_id in self.slots.live_ids():
+                try:
+                    if not self.store.renew_lease(job_id, self.worker_id, self.settings.lease_s):
+                        log.warning("job %s: its lease is no longer this worker's", job_id)
+                except Exception:
+                    log.warning("job %s lease renewal failed", job_id, exc_info=True)
 
     # jobs
-    def execute(self, job_id: str, soft_limit_s: float | None = None) -> str:
-        """Run one delivered job through the result store; return what happened."""
+    def execute(
+        self, job_id: str, soft_limit_s: float | None = None, hard_limit_s: float | None = None
+    ) -> str:
+        """Run one delivered job through the job store; return what happened.
+
+        soft_limit_s and hard_limit_s are Celery's time limits from the job's message.
+        """
         claim, job = self.store.claim_job(
             job_id,
             self.worker_id,
@@ -192,27 +224,29 @@ class WorkerRuntime:
         if claim != Claim.RUN:
             log.info("job %s model %s: delivery dropped (%s)", job_id, self.spec.id, claim)
             if claim in (Claim.DONE, Claim.LOST, Claim.EXPIRED):
-                self.payloads.delete(job_id)
-                self.notifier.ended(job)
+                self.ends.ended(job)
             return claim.value
+        self.journal.started(job_id)
         self.notifier.started(job)
-        self.current_job = job_id
         log.info("job %s model %s: running (attempt %s)", job_id, job.model, job.attempts)
-        try:
-            with self._lease(job_id):
-                status = self._run(job, soft_limit_s)
-        finally:
-            self.notifier.forget(job_id)
-            self.current_job = None
-            self.jobs_done += 1
-            release_memory()
-            self._publish_after_job()
-        return status
-
-    def _run(self, job: JobRecord, soft_limit_s: float | None) -> str:
         limit = job_deadline_s(self.spec, self.settings, job.timeout_s)
         if soft_limit_s:  # Celery's soft limit sits COOPERATIVE_GRACE_S past the deadline
             limit = min(limit, max(0.1, soft_limit_s - COOPERATIVE_GRACE_S))
+        soft = soft_limit_s or limit + COOPERATIVE_GRACE_S
+        hard = hard_limit_s or soft + HARD_LIMIT_GRACE_S
+        slot = self.slots.enter(job_id, soft, hard)
+        try:
+            status = self._run(job, slot, limit)
+        finally:
+            left = self.slots.leave(slot)
+            self.notifier.forget(job_id)
+            self.journal.ended(job_id)
+            with self._lock:
+                self.jobs_done += 1
+            self._after_job(left)
+        return status
+
+    def _run(self, job: JobRecord, slot: Slot, limit: float) -> str:
         ctx = JobContext(
             job.id,
             read_media=self.payloads.read,
@@ -223,7 +257,7 @@ class WorkerRuntime:
             check_interval_s=self.settings.cancel_check_interval_s,
         )
         try:
-            result = self._attempt(job, ctx)
+            result = self._call_backend(job, ctx, slot)
         except SoftTimeLimitExceeded:
             return self._fail(job, "timeout", f"the job ran past its {limit:g} s time limit")
         except JobFailure as exc:
@@ -233,10 +267,17 @@ class WorkerRuntime:
                 return self._oom(job, exc)
             log.exception("job %s model %s failed", job.id, job.model)
             return self._fail(job, "internal_error", f"{type(exc).__name__}: {exc}")
-        finally:
-            self.payloads.delete(job.id)
-        self.consecutive_oom = 0
+        with self._lock:
+            self.consecutive_oom = 0
         return self._finish(job, ctx, result)
+
+    def _call_backend(self, job: JobRecord, ctx: JobContext, slot: Slot) -> Result:
+        # The watchdog raises SoftTimeLimitExceeded in this thread at most once, and only
+        # before slots.finishing() returned: it surfaces here, inside the try of _run.
+        try:
+            return self.backend.run(job.task, parse_input(job.task, job.input, self.spec), ctx)
+        finally:
+            self.slots.finishing(slot)
 
     def _emitter(self, job: JobRecord) -> Callable[[str, dict], None]:
         """Return the backend's emit: log the event, and feed `output` webhooks."""
@@ -255,49 +296,82 @@ class WorkerRuntime:
 
         return emit
 
-    def _attempt(self, job: JobRecord, ctx: JobContext) -> Result:
-        return self.backend.run(job.task, parse_input(job.task, job.input, self.spec), ctx)
-
     def _finish(self, job: JobRecord, ctx: JobContext, result: Result) -> str:
         if job.metrics.time_to_first_token_seconds is not None:
             result.metrics.setdefault(
                 "time_to_first_token_seconds", job.metrics.time_to_first_token_seconds
             )
-        try:
-            if ctx.canceled:
-                rec = self.store.mark_canceled(job.id, output=result.output, metrics=result.metrics)
-                status = "canceled"
-            elif ctx.timed_out:
-                rec = self.store.mark_failed(
-                    job.id,
-                    JobError(type="timeout", message="the job ran past its time limit"),
-                    output=result.output,
-                    metrics=result.metrics,
-                )
-                status = "timeout"
-            else:
-                rec = self.store.mark_succeeded(job.id, result.output, result.metrics)
-                status = "succeeded"
-        except IllegalTransition as exc:
-            log.info("job %s ended elsewhere first: %s", job.id, exc)
+        if ctx.canceled:
+            rec = self.ends.canceled(job.id, output=result.output, metrics=result.metrics)
+            status = "canceled"
+        elif ctx.timed_out:
+            error = JobError(type="timeout", message="the job ran past its time limit")
+            rec = self.ends.failed(job.id, error, output=result.output, metrics=result.metrics)
+            status = "timeout"
+        else:
+            rec = self.ends.succeeded(job.id, result.output, result.metrics)
+            status = "succeeded"
+        if rec is None:
             return "done"
-        self.notifier.ended(rec)
         log.info("job %s model %s: %s", job.id, job.model, status)
         return status
 
     def _fail(self, job: JobRecord, type_: str, message: str) -> str:
-        try:
-            rec = self.store.mark_failed(job.id, JobError(type=type_, message=message))
-        except IllegalTransition as exc:
-            log.info("job %s ended elsewhere first: %s", job.id, exc)
+        if self.ends.failed(job.id, JobError(type=type_, message=message)) is None:
             return "done"
-        self.notifier.ended(rec)
         log.warning("job %s model %s failed: %s: %s", job.id, job.model, type_, message)
         return "failed"
 
     def _oom(self, job: JobRecord, exc: BaseException) -> str:
-        self.consecutive_oom += 1
-        release_memory()
-        if self.consecutive_oom >= OOM_EXIT_AFTER:
-            self.should_exit = True
+        with self._lock:
+            self.consecutive_oom += 1
+            again = self.consecutive_oom >= OOM_EXIT_AFTER
+        if again:
+            self.recycle(f"{OOM_EXIT_AFTER} jobs in a row ran out of memory")
         return self._fail(job, "out_of_memory", f"out of memory: {exc}")
+
+    def _hard_limit(self, slot: Slot) -> None:
+        """A job's step outlived its hard time limit: end the job, replace the process."""
+        error = JobError(
+            type="timeout",
+            message="a step of the job did not return within its hard time limit; "
+            "its worker process was replaced",
+        )
+        rec = self.ends.failed(slot.job_id, error)
+        if rec is not None:
+            log.error("job %s model %s: %s", slot.job_id, rec.model, error.message)
+        self.recycle(f"job {slot.job_id} is stuck in a step past its hard time limit")
+
+    # memory and recycling
+    def _after_job(self, left: int) -> None:
+        """Clean up when the batch drained (or now and then if it never does), and
+        recycle the process past its RSS ceiling."""
+        self.releaser.after_job(drained=left == 0)
+        ceiling = self.settings.worker_max_memory_mb
+        if ceiling and memory_stats()["rss_bytes"] > ceiling * 2**20:
+            self.recycle(f"its RSS is past CONVEYOR_WORKER_MAX_MEMORY_MB={ceiling}")
+        self._publish_after_job()
+
+    def recycle(self, why: str) -> None:
+        """Take no new job, let the running ones finish, then exit to be replaced."""
+        with self._lock:
+            if self.recycling:
+                return
+            self.recycling = why
+        log.warning("worker %s: %s; replacing it once its jobs finish", self.worker_id, why)
+        try:
+            self.stop_consuming()
+        except Exception:
+            log.warning("worker %s: could not stop consuming", self.worker_id, exc_info=True)
+        threading.Thread(target=self._exit_when_drained, name="conveyor-recycle").start()
+
+    def _exit_when_drained(self) -> None:
+        if not self.slots.wait_drained(self.stop):
+            return  # shutting down anyway
+        time.sleep(ACK_GRACE_S)  # the last job's task returns and Celery acks its message
+        log.warning("worker %s: exiting to be replaced (%s)", self.worker_id, self.recycling)
+        try:
+            self.store.flush_events()
+            self.fleet.remove(self.worker_id)
+        finally:
+            self.exit(EXIT_RECYCLE)

@@ -7,7 +7,6 @@ real segmentation fault, as a native kernel that cannot run on this CPU does.
 from __future__ import annotations
 
 import ctypes
-import signal
 import time
 
 from shared.errors import JobFailure
@@ -40,14 +39,12 @@ class EchoBackend(Backend):
             steps += 1
             if steps % 20 == 0:
                 ctx.progress(steps, int(inputs.sleep_s / STEP_S) or 1)
-        if inputs.block_s:  # a step that never checks in: only Celery's time limit ends it
-            time.sleep(inputs.block_s)
-        if inputs.native_block_s:  # deaf to the soft limit too: only the hard limit ends it
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
-            try:
-                time.sleep(inputs.native_block_s)
-            finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+        if inputs.block_s:  # Python that never checks in: only the soft time limit ends it
+            end = time.monotonic() + inputs.block_s
+            while time.monotonic() < end:
+                time.sleep(STEP_S)
+        if inputs.native_block_s:  # one call that never returns to Python: only the hard limit
+            time.sleep(inputs.native_block_s)
         if inputs.fail:
             raise JobFailure(inputs.fail, type="echo_failure")
         return Result({"echo": inputs.model_dump(mode="json", exclude_none=True)})
