@@ -19,9 +19,24 @@ LLAMA_WHEELS := .cache/llama-wheels/$(CPU_KEY)
 STAMP  := $(VENV)/.installed-$(CPU_KEY)
 ARGS   ?=
 
-.PHONY: install up test test-unit test-integration test-e2e bench lint format clean
+.PHONY: install chromium up test test-unit test-integration test-e2e bench lint format clean
 
-install: $(STAMP)
+install: $(STAMP) chromium
+
+# The browser tests (tests/browser) drive Debian's chromium through playwright: a browser
+# cannot be downloaded any other way. Installed with apt-get where there is one; elsewhere
+# those tests fail saying how to get a browser.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+		|| [ -n "$$CONVEYOR_CHROMIUM" ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for the browser tests"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install \
+			-y -qq chromium >/dev/null || echo "could not install chromium: tests/browser will fail"; \
+	else \
+		echo "no apt-get here: install Chromium (or set CONVEYOR_CHROMIUM) for tests/browser"; \
+	fi
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
