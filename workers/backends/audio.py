@@ -16,7 +16,7 @@ from transformers import StoppingCriteriaList
 from shared.errors import InputRejected
 from shared.inputs import ChatInput, TranscribeInput
 from workers.backends.base import JobContext, Result, tokens_per_second
-from workers.backends.hf_generation import StopWhenAsked, generate, to_device
+from workers.backends.hf_generation import RowsStopped, generate, to_device
 from workers.backends.hf_loading import (
     HFBackend,
     greedy_token,
@@ -25,14 +25,21 @@ from workers.backends.hf_loading import (
     typed_out_of_memory,
 )
 from workers.backends.qwen_inputs import attach_media, split_media
+from workers.batching import Batch, BatchOptions, DynamicBatcher
 from workers.decoding import decode_audio
 
 WHISPER_WINDOW_S = 30  # Whisper sees 30 s at a time; longer audio goes window by window
+MAX_BATCH = 8  # windows in one generate()
+BATCH_WAIT_MS = 10.0
 TRANSCRIBE_PROMPT = "Transcribe the speech in this audio."
 
 
 class WhisperBackend(HFBackend):
+    """Whisper: 30-second windows of every running job share generate() passes."""
+
     tasks = ("transcribe",)
+    default_max_concurrency = 8
+    batcher: DynamicBatcher | None = None
 
     def load_model(self, path) -> None:
         """Load the Whisper processor and model. :raises ModelNotAvailable:"""
@@ -40,37 +47,36 @@ class WhisperBackend(HFBackend):
 
         self.processor = AutoProcessor.from_pretrained(str(path))
         self.model = load_model(AutoModelForSpeechSeq2Seq, self.spec, path)
+        self.special = set(self.processor.tokenizer.all_special_ids)
+        options = BatchOptions.from_spec(self.spec, max_batch=MAX_BATCH, wait_ms=BATCH_WAIT_MS)
+        self.batcher = DynamicBatcher(
+            self.spec.id, self._windows, options, scope=torch.inference_mode
+        )
 
     def warm_up(self) -> None:
+        """One second of silence through the batcher's thread, one token long."""
         rate = self.processor.feature_extractor.sampling_rate
-        feats = self.processor.feature_extractor(
-            np.zeros(rate, np.float32), sampling_rate=rate, return_tensors="pt"
-        )
-        feats = to_device(dict(feats), input_device(self.model), self.model.dtype)
-        self.model.generate(**feats, max_new_tokens=1)
+        self.batcher.run([np.zeros(rate, np.float32)], None, key=(None, None, 1))
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+            self.batcher = None
+        super().close()
 
     def transcribe(self, inputs: TranscribeInput, ctx: JobContext) -> Result:
-        """Transcribe speech, 30-second window by window; cancellable between windows."""
+        """Transcribe speech window by window; each window's text streams as it is ready."""
         rate = self.processor.feature_extractor.sampling_rate
         samples = decode_audio(
             ctx.media(inputs.audio.model_dump()), rate, self.spec.limits, "input.audio"
         )
         window = WHISPER_WINDOW_S * rate
         chunks = [samples[i : i + window] for i in range(0, len(samples), window)]
-        gen: dict[str, Any] = {
-            "task": "transcribe",
-            "max_new_tokens": inputs.max_tokens or self._max_new_tokens(),
-        }
-        if inputs.language:
-            gen["language"] = inputs.language
-        if inputs.prompt:
-            gen["prompt_ids"] = torch.as_tensor(self.processor.get_prompt_ids(inputs.prompt))
+        # Windows batch with windows asking for the same language, prompt and length.
+        key = (inputs.language, inputs.prompt, inputs.max_tokens or self._max_new_tokens())
         texts, tokens = [], 0
         t0 = time.perf_counter()
-        for n, chunk in enumerate(chunks):
-            if ctx.should_stop():
-                break
-            text, count = self._window(chunk, rate, gen, ctx)
+        for n, (text, count) in enumerate(self.batcher.stream(chunks, ctx, key=key)):
             texts.append(text)
             tokens += count
             ctx.token(text)
@@ -96,23 +102,34 @@ class WhisperBackend(HFBackend):
         room = self.model.config.max_target_positions - 4
         return max(1, min(self.spec.limits.max_tokens, room))
 
-    def _window(self, chunk: np.ndarray, rate: int, gen: dict, ctx: JobContext):
-        feats = self.processor.feature_extractor(chunk, sampling_rate=rate, return_tensors="pt")
+    def _windows(self, batch: Batch) -> list[tuple[str, int]]:
+        """One generate() over windows of audio (the batcher's thread): text and tokens each."""
+        language, prompt, max_new_tokens = batch.key
+        gen: dict[str, Any] = {"task": "transcribe", "max_new_tokens": max_new_tokens}
+        if language:
+            gen["language"] = language
+        if prompt:
+            gen["prompt_ids"] = torch.as_tensor(self.processor.get_prompt_ids(prompt))
+        rate = self.processor.feature_extractor.sampling_rate
+        feats = self.processor.feature_extractor(
+            batch.items, sampling_rate=rate, return_tensors="pt"
+        )
         feats = to_device(dict(feats), input_device(self.model), self.model.dtype)
         try:
-            with torch.inference_mode(), typed_out_of_memory():
+            with typed_out_of_memory():
                 out = self.model.generate(
                     **feats,
                     **gen,
                     return_dict_in_generate=True,
-                    stopping_criteria=StoppingCriteriaList([StopWhenAsked(ctx)]),
+                    stopping_criteria=StoppingCriteriaList([RowsStopped(batch.stopped)]),
                 )
         except ValueError as exc:  # an unknown language code, say
             raise InputRejected(f"whisper: {exc}") from exc
-        tokens = out.sequences[0]
-        text = self.processor.decode(tokens, skip_special_tokens=True).strip()
-        special = set(self.processor.tokenizer.all_special_ids)
-        return text, sum(1 for t in tokens.tolist() if t not in special)
+        rows = []
+        for tokens in out.sequences:
+            text = self.processor.decode(tokens, skip_special_tokens=True).strip()
+            rows.append((text, sum(1 for t in tokens.tolist() if t not in self.special)))
+        return rows
 
 
 class QwenAudioBackend(HFBackend):

@@ -8,6 +8,7 @@ between tokens, so canceling a job stops it at the next token with its partial t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,6 +27,16 @@ class StopWhenAsked(StoppingCriteria):
     def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
         stop = self.ctx.should_stop()
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+class RowsStopped(StoppingCriteria):
+    """Stop the rows of a batched generate() whose jobs stopped waiting for them."""
+
+    def __init__(self, stopped: Callable[[], list[bool]]) -> None:
+        self.stopped = stopped
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        return torch.tensor(self.stopped(), dtype=torch.bool, device=input_ids.device)
 
 
 class JobStreamer(TextStreamer):
