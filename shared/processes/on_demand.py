@@ -76,8 +76,9 @@ class OnDemand:
                 why = None
             except ConveyorError as exc:
                 why = exc.message
-            if self._weights.get(spec.id, "") != why:
-                log.info(
+            if self._weights.get(spec.id, "") != why:  # changes only, not every look
+                log.log(
+                    logging.INFO if why is None else logging.DEBUG,
                     "on demand: model %s %s",
                     spec.id,
                     "can start" if why is None else f"cannot start: {why}",
