@@ -1,4 +1,8 @@
-"""BLIP visual question answering: an image and a question in, a short answer out."""
+"""BLIP visual question answering: an image and a question in, a short answer out.
+
+Questions of every running job share generate() passes (workers.batching); each job's
+image is decoded on its own thread first, so a broken image fails only its own job.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +13,20 @@ from transformers import StoppingCriteriaList
 
 from shared.inputs import VqaInput
 from workers.backends.base import JobContext, Result, tokens_per_second
-from workers.backends.hf_generation import StopWhenAsked, to_device
+from workers.backends.hf_generation import RowsStopped, to_device
 from workers.backends.hf_loading import HFBackend, input_device, load_model, typed_out_of_memory
+from workers.batching import Batch, BatchOptions, DynamicBatcher
 from workers.decoding import decode_image
 
 DEFAULT_MAX_TOKENS = 20
+MAX_BATCH = 16
+BATCH_WAIT_MS = 5.0
 
 
 class BlipVqaBackend(HFBackend):
     tasks = ("vqa",)
+    default_max_concurrency = 16
+    batcher: DynamicBatcher | None = None
 
     def load_model(self, path) -> None:
         """Load the BLIP processor and question-answering model. :raises ModelNotAvailable:"""
@@ -25,36 +34,61 @@ class BlipVqaBackend(HFBackend):
 
         self.processor = BlipProcessor.from_pretrained(str(path))
         self.model = load_model(BlipForQuestionAnswering, self.spec, path)
+        options = BatchOptions.from_spec(self.spec, max_batch=MAX_BATCH, wait_ms=BATCH_WAIT_MS)
+        self.batcher = DynamicBatcher(
+            self.spec.id, self._answers, options, scope=torch.inference_mode
+        )
 
     def warm_up(self) -> None:
+        """A blank image and a question through the batcher's thread, one token long."""
         from PIL import Image
 
-        batch = self.processor(images=Image.new("RGB", (32, 32)), text="what?", return_tensors="pt")
-        batch = to_device(dict(batch), input_device(self.model), self.model.dtype)
-        self.model.generate(**batch, max_new_tokens=1)
+        self.batcher.run([(Image.new("RGB", (32, 32)), "what?")], None, key=1)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+            self.batcher = None
+        super().close()
 
     def vqa(self, inputs: VqaInput, ctx: JobContext) -> Result:
         """Answer a question about an image."""
         image = decode_image(ctx.media(inputs.image.model_dump()), "input.image")
-        batch = self.processor(images=image, text=inputs.question, return_tensors="pt")
-        batch = to_device(dict(batch), input_device(self.model), self.model.dtype)
         max_tokens = inputs.max_tokens or min(DEFAULT_MAX_TOKENS, self.spec.limits.max_tokens)
         t0 = time.perf_counter()
-        with torch.inference_mode(), typed_out_of_memory():
-            out = self.model.generate(
-                **batch,
-                max_new_tokens=max_tokens,
-                do_sample=False,
-                stopping_criteria=StoppingCriteriaList([StopWhenAsked(ctx)]),
-            )
+        rows = self.batcher.run([(image, inputs.question)], ctx, key=max_tokens)
         elapsed = time.perf_counter() - t0
-        text = self.processor.decode(out[0], skip_special_tokens=True).strip()
-        tokens = int(out.shape[-1])
+        text, prompt_tokens, tokens = rows[0] if rows else ("", 0, 0)
         return Result(
             {"text": text},
             {
-                "prompt_tokens": int(batch["input_ids"].shape[-1]),
+                "prompt_tokens": prompt_tokens,
                 "completion_tokens": tokens,
                 "tokens_per_second": tokens_per_second(tokens, elapsed),
             },
         )
+
+    def _answers(self, batch: Batch) -> list[tuple[str, int, int]]:
+        """One generate() over (image, question) pairs (the batcher's thread)."""
+        images, questions = zip(*batch.items, strict=True)
+        enc = self.processor(
+            images=list(images), text=list(questions), padding=True, return_tensors="pt"
+        )
+        prompts = enc["attention_mask"].sum(dim=1).tolist()
+        enc = to_device(dict(enc), input_device(self.model), self.model.dtype)
+        with typed_out_of_memory():
+            out = self.model.generate(
+                **enc,
+                max_new_tokens=batch.key,
+                do_sample=False,
+                stopping_criteria=StoppingCriteriaList([RowsStopped(batch.stopped)]),
+            )
+        pad = self.processor.tokenizer.pad_token_id
+        return [
+            (
+                self.processor.decode(row, skip_special_tokens=True).strip(),
+                prompt,
+                int((row != pad).sum()),
+            )
+            for row, prompt in zip(out, prompts, strict=True)
+        ]
