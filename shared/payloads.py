@@ -8,6 +8,7 @@ AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL for S3-compatible stores, or
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -25,7 +26,17 @@ class PayloadStore:
         self.fs, self.root = fsspec.core.url_to_fs(url)
         self.root = self.root.rstrip("/")
         self.max_bytes = max_bytes
-        self.fs.makedirs(self.root, exist_ok=True)
+        self._call("makedirs", self.root, exist_ok=True)
+
+    def _call(self, method: str, *args, **kwargs):
+        """Call a filesystem method. An async filesystem's (s3fs) is awaited on its loop
+        here rather than through fsspec's sync wrapper, which refuses to run where gevent
+        has patched threads (the web's gunicorn workers): its loop then runs in a greenlet
+        of this very thread, and waiting on the future yields to it."""
+        if not getattr(self.fs, "async_impl", False):
+            return getattr(self.fs, method)(*args, **kwargs)
+        coro = getattr(self.fs, f"_{method}")(*args, **kwargs)
+        return asyncio.run_coroutine_threadsafe(coro, self.fs.loop).result()
 
     def _path(self, ref: str) -> str:
         if ".." in ref.split("/") or ref.startswith("/"):
@@ -43,9 +54,8 @@ class PayloadStore:
                 param=name,
             )
         ref = f"{job_id}/{name}"
-        self.fs.makedirs(self._path(job_id), exist_ok=True)
-        with self.fs.open(self._path(ref), "wb") as fh:
-            fh.write(data)
+        self._call("makedirs", self._path(job_id), exist_ok=True)
+        self._call("pipe_file", self._path(ref), data)
         return ref
 
     def read(self, ref: str) -> bytes:
@@ -53,8 +63,7 @@ class PayloadStore:
 
         :raises FileNotFoundError: when it was deleted or never stored.
         """
-        with self.fs.open(self._path(ref), "rb") as fh:
-            return fh.read()
+        return self._call("cat_file", self._path(ref))
 
     def local_path(self, ref: str) -> str | None:
         """Return a local filename for a ref when the store is on local disk."""
@@ -72,8 +81,8 @@ class PayloadStore:
         path = self._path(job_id)
         self._fresh(path)
         try:
-            if self.fs.exists(path):
-                self.fs.rm(path, recursive=True)
+            if self._call("exists", path):
+                self._call("rm", path, recursive=True)
         except FileNotFoundError:
             pass
 
@@ -81,7 +90,7 @@ class PayloadStore:
         """Return the ids of jobs that have payloads stored."""
         self._fresh(self.root)
         try:
-            entries = self.fs.ls(self.root, detail=False)
+            entries = self._call("ls", self.root, detail=False)
         except FileNotFoundError:
             return []
         return [e.rstrip("/").rsplit("/", 1)[-1] for e in entries]
@@ -89,7 +98,7 @@ class PayloadStore:
     def usage(self) -> dict:
         """Return how many jobs, files and bytes the store holds."""
         self._fresh()
-        files = self.fs.find(self.root, detail=True)
+        files = self._call("find", self.root, detail=True)
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         return {
             "url": f"{protocol}://{self.root}",
@@ -103,8 +112,8 @@ class PayloadStore:
         path = self._path(job_id)
         self._fresh(path)
         try:
-            stamps = [_mtime(self.fs.info(path))]
-            stamps += [_mtime(info) for info in self.fs.find(path, detail=True).values()]
+            stamps = [_mtime(self._call("info", path))]
+            stamps += [_mtime(info) for info in self._call("find", path, detail=True).values()]
         except FileNotFoundError:
             return None
         known = [s for s in stamps if s is not None]
