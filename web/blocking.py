@@ -8,58 +8,16 @@ from __future__ import annotations
 
 import logging
 
+from shared.client.errors import NO_RETRY, JobCanceledError, JobFailedError
 from shared.errors import ConveyorError
 from shared.jobs import JobRecord, JobStatus
 from web.service import JobService
 
 log = logging.getLogger(__name__)
 
-# How a failed job answers: the client's fault (422), the worker's (5xx).
-_FAILED_STATUS = {
-    "invalid_input": 422,
-    "invalid_media": 422,
-    "timeout": 504,
-    "expired": 504,  # no worker started it within its queue_timeout_s
-    "out_of_memory": 503,
-    "worker_lost": 502,
-}
-# The queue already retried what was worth retrying; OpenAI clients obey this header.
-NO_RETRY = {"x-should-retry": "false"}
-
 
 def _headers(job: JobRecord) -> dict[str, str]:
     return {**NO_RETRY, **job.headers()}
-
-
-class JobFailedError(ConveyorError):
-    """The job ended as failed; the status says whose fault it was."""
-
-    type = "job_failed"
-
-    def __init__(self, job: JobRecord) -> None:
-        error = job.error
-        kind = error.type if error else "job_failed"
-        super().__init__(
-            error.message if error else "the job failed", code=kind, headers=_headers(job)
-        )
-        self.status_code = _FAILED_STATUS.get(kind, 500)
-        self.type = kind if self.status_code == 422 else "job_failed"
-        self.job = job
-
-
-class JobCanceledError(ConveyorError):
-    """Someone canceled the job before it finished."""
-
-    status_code = 409
-    type = "job_canceled"
-
-    def __init__(self, job: JobRecord) -> None:
-        super().__init__(
-            f"job {job.id} was canceled before it finished",
-            code="job_canceled",
-            headers=_headers(job),
-        )
-        self.job = job
 
 
 class JobWaitTimeout(ConveyorError):

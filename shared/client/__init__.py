@@ -12,418 +12,52 @@
 
 Errors the server answers with raise APIError subclasses carrying the error envelope;
 run() and wait() raise JobFailedError, JobCanceledError or JobTimeoutError.
+
+The client is sdk.py, its errors errors.py, the event-stream parser sse.py.
 """
 
-from __future__ import annotations
-
-import json
-import logging
-import math
-import os
-import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, NamedTuple
-
-import requests
-
-from shared.jobs import JobRecord, JobStatus
-from shared.media import MEDIA_FIELDS
-
-log = logging.getLogger(__name__)
-
-MAX_SERVER_WAIT_S = 60  # the server holds a request at most this long (Prefer: wait)
-RETRIES = 3  # for idempotent calls, on connection errors and 503
-
-
-# errors
-class ConveyorClientError(Exception):
-    """Base of every error this client raises."""
-
-
-class APIConnectionError(ConveyorClientError):
-    """The server could not be reached (or the connection broke)."""
-
-
-class APIError(ConveyorClientError):
-    """The server answered with an error envelope {"error": {type, message, param, code}}."""
-
-    def __init__(
-        self, status_code: int, envelope: dict[str, Any], headers: dict[str, str] | None = None
-    ) -> None:
-        err = envelope.get("error") if isinstance(envelope.get("error"), dict) else {}
-        self.status_code = status_code
-        self.envelope = envelope
-        self.type = err.get("type")
-        self.message = err.get("message") or f"HTTP {status_code}"
-        self.param = err.get("param")
-        self.code = err.get("code")
-        self.headers = headers or {}
-        super().__init__(f"{status_code} {self.type}: {self.message}")
-
-
-class BadRequestError(APIError):
-    """400: the body is not valid JSON, or a required part is missing."""
-
-
-class AuthenticationError(APIError):
-    """401: missing or invalid API key."""
-
-
-class NotFoundError(APIError):
-    """404: unknown (or expired) job, or unknown model."""
-
-
-class PayloadTooLargeError(APIError):
-    """413: the request or one media item is too large."""
-
-
-class UnsupportedMediaTypeError(APIError):
-    """415: wrong Content-Type."""
-
-
-class InvalidInputError(APIError):
-    """422: a field has an invalid value, or media could not be decoded."""
-
-
-class RateLimitError(APIError):
-    """429: the model's queue is full; retry after `retry_after` seconds."""
-
-    @property
-    def retry_after(self) -> float | None:
-        value = self.headers.get("Retry-After")
-        return float(value) if value and value.replace(".", "", 1).isdigit() else None
-
-
-class ServiceUnavailableError(APIError):
-    """503: Redis or the broker is unavailable."""
-
-
-class InternalServerError(APIError):
-    """5xx other than 503."""
-
-
-_BROKEN = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
+from shared.client.errors import (
     APIConnectionError,
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    ConveyorClientError,
+    InternalServerError,
+    InvalidInputError,
+    JobCanceledError,
+    JobFailedError,
+    JobOutcomeError,
+    JobTimeoutError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RateLimitError,
+    ServiceUnavailableError,
+    UnsupportedMediaTypeError,
 )
-_BY_STATUS = {
-    400: BadRequestError,
-    401: AuthenticationError,
-    404: NotFoundError,
-    413: PayloadTooLargeError,
-    415: UnsupportedMediaTypeError,
-    422: InvalidInputError,
-    429: RateLimitError,
-    503: ServiceUnavailableError,
-}
+from shared.client.sdk import Client, Job, raise_for_outcome
+from shared.client.sse import Event, is_terminal_event, parse_sse
 
-
-class JobOutcomeError(ConveyorClientError):
-    """A job did not succeed; `job` is its latest record."""
-
-    def __init__(self, message: str, job: Job) -> None:
-        super().__init__(message)
-        self.job = job
-
-
-class JobFailedError(JobOutcomeError):
-    """The job ended as failed; job.error says why."""
-
-
-class JobCanceledError(JobOutcomeError):
-    """The job was canceled."""
-
-
-class JobTimeoutError(JobOutcomeError, TimeoutError):
-    """The job did not end within the time the caller was willing to wait."""
-
-
-# records
-class Job(JobRecord):
-    """A job record as the API returns it, with its URLs and queue position."""
-
-    urls: dict[str, str] = {}
-    queue_position: int | None = None
-
-
-class Event(NamedTuple):
-    """One Server-Sent Event of a job: id, event (status|token|progress|...), data."""
-
-    id: str | None
-    event: str
-    data: dict[str, Any]
-
-
-# the client
-class Client:
-    """Talk to one conveyor server; every request has a timeout."""
-
-    def __init__(
-        self,
-        base_url: str = "http://127.0.0.1:8000",
-        api_key: str | None = None,
-        *,
-        timeout: float = 30.0,
-        session: requests.Session | None = None,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self.session = session or requests.Session()
-        self.session.headers["User-Agent"] = "conveyor-client"
-        if api_key:
-            self.session.headers["Authorization"] = f"Bearer {api_key}"
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.session.close()
-
-    # jobs
-    def submit(
-        self,
-        model: str,
-        input: dict[str, Any] | None = None,
-        *,
-        task: str | None = None,
-        priority: str | None = None,
-        timeout_s: float | None = None,
-        webhook: str | None = None,
-        webhook_events_filter: list[str] | None = None,
-        wait: float | None = None,
-    ) -> Job:
-        """Queue a job. Media fields (image, images, audio, video) may hold bytes, a Path or
-        an open binary file: they are sent as file parts; strings are sent as they are
-        (base64 or a data: URL). `wait` (≤ 60 s) holds the request until the job ends.
-
-        :raises APIError: when the server refuses the job.
-        """
-        body: dict[str, Any] = {"model": model, "input": {}}
-        files: list[tuple[str, tuple[str, bytes]]] = []
-        for key, value in (input or {}).items():
-            if key in MEDIA_FIELDS and _is_file(value):
-                files.append((key, (key, _read(value))))
-            elif key == "images" and isinstance(value, list) and any(map(_is_file, value)):
-                files.extend((key, (key, _read(v))) for v in value)
-            else:
-                body["input"][key] = value
-        extras = {
-            "task": task,
-            "priority": priority,
-            "timeout_s": timeout_s,
-            "webhook": webhook,
-            "webhook_events_filter": webhook_events_filter,
-        }
-        body.update({k: v for k, v in extras.items() if v is not None})
-        headers = {"Prefer": f"wait={min(math.ceil(wait), MAX_SERVER_WAIT_S)}"} if wait else {}
-        read_s = self.timeout + (min(wait, MAX_SERVER_WAIT_S) if wait else 0)
-        if files:
-            parts = [("request", (None, json.dumps(body), "application/json")), *files]
-            resp = self._request(
-                "POST", "/v1/jobs", files=parts, headers=headers, timeout=read_s, retry=False
-            )
-        else:
-            resp = self._request(
-                "POST", "/v1/jobs", json=body, headers=headers, timeout=read_s, retry=False
-            )
-        return Job.model_validate(resp.json())
-
-    def get(self, job_id: str) -> Job:
-        """Return a job's record. :raises NotFoundError: unknown or expired id."""
-        return Job.model_validate(self._request("GET", f"/v1/jobs/{job_id}").json())
-
-    def wait(self, job_id: str, timeout: float | None = None) -> Job:
-        """Return the job once it ended (in any terminal state).
-
-        :raises JobTimeoutError: when it has not ended after `timeout` seconds.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = MAX_SERVER_WAIT_S if deadline is None else deadline - time.monotonic()
-            hold = max(1, min(MAX_SERVER_WAIT_S, math.ceil(left)))
-            job = Job.model_validate(
-                self._request(
-                    "GET",
-                    f"/v1/jobs/{job_id}",
-                    headers={"Prefer": f"wait={hold}"},
-                    timeout=self.timeout + hold,
-                ).json()
-            )
-            if job.status.is_terminal():
-                return job
-            if deadline is not None and time.monotonic() >= deadline:
-                raise JobTimeoutError(
-                    f"job {job_id} still {job.status.value} after {timeout:g} s", job
-                )
-
-    def cancel(self, job_id: str) -> Job:
-        """Cancel a job: at once when queued, at its next step when running."""
-        return Job.model_validate(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
-
-    def run(
-        self,
-        model: str,
-        input: dict[str, Any] | None = None,
-        *,
-        timeout: float | None = None,
-        **submit_args: Any,
-    ) -> Job:
-        """Submit a job and wait for it; return it when it succeeded.
-
-        :raises JobFailedError, JobCanceledError, JobTimeoutError: when it did not.
-        """
-        job = self.submit(model, input, **submit_args)
-        return raise_for_outcome(self.wait(job.id, timeout))
-
-    def list(
-        self, *, status: str | None = None, model: str | None = None, limit: int = 20
-    ) -> list[Job]:
-        """Return recent jobs, newest first."""
-        params = {k: v for k, v in (("status", status), ("model", model)) if v}
-        data = self._request("GET", "/v1/jobs", params={**params, "limit": limit}).json()
-        return [Job.model_validate(j) for j in data["data"]]
-
-    def models(self) -> list[dict[str, Any]]:
-        """Return the registry's models with live facts (queue depth, workers, loaded)."""
-        return self._request("GET", "/v1/models").json()["data"]
-
-    def events(
-        self, job_id: str, *, last_event_id: str | None = None, reconnects: int = 5
-    ) -> Iterator[Event]:
-        """Yield the job's events (replayed from the start, or after last_event_id) until
-        its terminal status event; reconnects with Last-Event-ID when the stream breaks.
-        """
-        tries = 0
-        while True:
-            headers = {"Accept": "text/event-stream"}
-            if last_event_id:
-                headers["Last-Event-ID"] = last_event_id
-            try:
-                resp = self._request(
-                    "GET",
-                    f"/v1/jobs/{job_id}/events",
-                    headers=headers,
-                    stream=True,
-                    timeout=(self.timeout, 120),
-                )
-                with resp:
-                    for event in parse_sse(resp.iter_lines(decode_unicode=True)):
-                        tries = 0
-                        last_event_id = event.id or last_event_id
-                        yield event
-                        if is_terminal_event(event):
-                            return
-                # Closed without a terminal event: it ended before last_event_id, or expired.
-                if self.get(job_id).status.is_terminal():
-                    return
-            except _BROKEN as exc:
-                if tries >= reconnects:
-                    raise APIConnectionError(f"event stream of job {job_id} broke: {exc}") from exc
-                log.info("event stream of job %s broke (%s); reconnecting", job_id, exc)
-            tries += 1
-            if tries > reconnects:
-                raise APIConnectionError(f"event stream of job {job_id} keeps closing early")
-            time.sleep(min(2.0, 0.2 * 2**tries))
-
-    # plumbing
-    def _request(
-        self, method: str, path: str, *, retry: bool = True, timeout: Any = None, **kwargs: Any
-    ) -> requests.Response:
-        url = self.base_url + path
-        for attempt in range(1, (RETRIES if retry else 1) + 1):
-            try:
-                resp = self.session.request(method, url, timeout=timeout or self.timeout, **kwargs)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt >= (RETRIES if retry else 1):
-                    raise APIConnectionError(f"{method} {url}: {exc}") from exc
-                time.sleep(0.5 * 2**attempt)
-                continue
-            if resp.status_code == 503 and retry and attempt < RETRIES:
-                time.sleep(0.5 * 2**attempt)
-                continue
-            if resp.status_code >= 400:
-                raise _api_error(resp)
-            return resp
-        raise AssertionError("unreachable")
-
-
-def raise_for_outcome(job: Job) -> Job:
-    """Return a succeeded job; raise the matching JobOutcomeError otherwise."""
-    if job.status == JobStatus.FAILED:
-        err = job.error
-        raise JobFailedError(
-            f"job {job.id} failed: {err.type}: {err.message}" if err else f"job {job.id} failed",
-            job,
-        )
-    if job.status == JobStatus.CANCELED:
-        raise JobCanceledError(f"job {job.id} was canceled", job)
-    if not job.status.is_terminal():
-        raise JobTimeoutError(f"job {job.id} is still {job.status.value}", job)
-    return job
-
-
-def parse_sse(lines: Iterator[str]) -> Iterator[Event]:
-    """Parse Server-Sent Events from text lines (comments and retry: are skipped)."""
-    event_id, name, data = None, "message", []
-    for line in lines:
-        if line == "":
-            if data:
-                yield Event(event_id, name, json.loads("\n".join(data)))
-            event_id, name, data = None, "message", []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if field == "id":
-            event_id = value
-        elif field == "event":
-            name = value
-        elif field == "data":
-            data.append(value)
-
-
-def is_terminal_event(event: Event) -> bool:
-    """Return True for the status event that ends a job's stream."""
-    return event.event == "status" and event.data.get("status") in {
-        s.value for s in JobStatus if s.is_terminal()
-    }
-
-
-def _is_file(value: Any) -> bool:
-    return isinstance(value, bytes | bytearray | os.PathLike) or hasattr(value, "read")
-
-
-def _read(value: Any) -> bytes:
-    if isinstance(value, bytes | bytearray):
-        return bytes(value)
-    if isinstance(value, os.PathLike):
-        return Path(value).read_bytes()
-    data = value.read()
-    return data if isinstance(data, bytes) else data.encode()
-
-
-def _api_error(resp: requests.Response) -> APIError:
-    try:
-        envelope = resp.json()
-    except ValueError:
-        envelope = {}
-    if not isinstance(envelope, dict) or not isinstance(envelope.get("error"), dict):
-        envelope = {
-            "error": {
-                "type": "http_error",
-                "message": resp.text[:500] or resp.reason,
-                "param": None,
-                "code": None,
-            }
-        }
-    cls = _BY_STATUS.get(
-        resp.status_code, InternalServerError if resp.status_code >= 500 else APIError
-    )
-    return cls(resp.status_code, envelope, dict(resp.headers))
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "Client",
+    "ConveyorClientError",
+    "Event",
+    "InternalServerError",
+    "InvalidInputError",
+    "Job",
+    "JobCanceledError",
+    "JobFailedError",
+    "JobOutcomeError",
+    "JobTimeoutError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "RateLimitError",
+    "ServiceUnavailableError",
+    "UnsupportedMediaTypeError",
+    "is_terminal_event",
+    "parse_sse",
+    "raise_for_outcome",
+]
