@@ -42,7 +42,9 @@ def register_error_handlers(app: Flask) -> None:
     def _http(exc: HTTPException):
         status = exc.code or 500
         message = exc.description or exc.name
-        return envelope(status, _HTTP_TYPES.get(status, "http_error"), message)
+        # Keep what the error says in its headers (a 405's Allow), not its HTML's type.
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        return envelope(status, _HTTP_TYPES.get(status, "http_error"), message, headers=headers)
 
     @app.errorhandler(redis.exceptions.ConnectionError)
     @app.errorhandler(redis.exceptions.TimeoutError)

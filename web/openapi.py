@@ -21,6 +21,7 @@ from web.protocols import openai as oa
 from web.protocols import openai_replies as rp
 
 REF = "#/components/schemas/{model}"
+WITH_MODEL = ("JobRequest", "ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest")
 OPEN = "open"  # a route that answers without a key
 
 
@@ -58,7 +59,29 @@ PREFER = {
     "description": "`wait=N`: hold the request until the job ends, at most N (<= 60) seconds.",
 }
 JOB_ID = _path_param("job_id", "The job's id.")
-SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+# Server-Sent Events: the schema is that of one event (its id, event and data fields).
+SSE = {
+    "text/event-stream": {
+        "schema": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {
+                "id": {"type": "string", "pattern": r"^\d+-\d+$"},
+                "event": {"type": "string", "description": "status, token, output, ..."},
+                "data": {"type": "string", "contentMediaType": "application/json"},
+            },
+        }
+    }
+}
+
+
+def _openai_sse(chunk: type[BaseModel]) -> dict[str, Any]:
+    """Return OpenAI's stream: `data:`-only events holding a chunk, then `data: [DONE]`."""
+    data = {"type": "string", "description": f"A {chunk.__name__} as JSON, or [DONE]."}
+    schema = {"type": "object", "required": ["data"], "properties": {"data": data}}
+    return {"text/event-stream": {"schema": schema}}
+
+
 TEXT = {"text/plain": {"schema": {"type": "string"}}}
 SUBMIT_ERRORS = (400, 401, 404, 413, 415, 422, 429, 503)
 SYNC_ERRORS = (400, 401, 404, 409, 413, 429, 500, 502, 503, 504)
@@ -67,23 +90,29 @@ SUBMIT_FORM = {
     "type": "object",
     "required": ["request"],
     "properties": {
-        "request": {"type": "string", "description": "The JSON body (JobRequest)."},
+        "request": {
+            "type": "string",
+            "minLength": 2,
+            "contentMediaType": "application/json",
+            "description": "The JSON body (JobRequest).",
+        },
         "image": MEDIA_PART,
         "images": {"type": "array", "items": MEDIA_PART},
         "audio": MEDIA_PART,
         "video": MEDIA_PART,
     },
 }
+# Form fields are text: no nulls, and only the values conveyor honours.
 TRANSCRIBE_FORM = {
     "type": "object",
     "required": ["file", "model"],
     "properties": {
         "file": {**MEDIA_PART, "description": "The audio: wav, flac, ogg or mp3."},
-        **{
-            k: v
-            for k, v in oa.TranscriptionRequest.model_json_schema()["properties"].items()
-            if not k.endswith("[]")
-        },
+        "model": {"type": "string", "minLength": 1},
+        "language": {"type": "string"},
+        "prompt": {"type": "string"},
+        "response_format": {"type": "string", "enum": ["json", "text", "verbose_json"]},
+        "temperature": {"type": "number", "const": 0},
     },
 }
 
@@ -125,12 +154,14 @@ def operations() -> list[Op]:
         # OpenAI-compatible
         Op("post", "/v1/chat/completions", "Chat completion (OpenAI)", "openai",
            body=oa.ChatCompletionRequest,
-           ok={200: {"application/json": rp.ChatCompletion, **SSE}}, errors=SYNC_ERRORS,
+           ok={200: {"application/json": rp.ChatCompletion,
+                     **_openai_sse(rp.ChatCompletionChunk)}}, errors=SYNC_ERRORS,
            openai=True, description="`stream: true` answers chat.completion.chunk events "
            "(ChatCompletionChunk) ending in `data: [DONE]`."),
         Op("post", "/v1/completions", "Text completion (OpenAI)", "openai",
            body=oa.CompletionRequest,
-           ok={200: {"application/json": rp.Completion, **SSE}}, errors=SYNC_ERRORS,
+           ok={200: {"application/json": rp.Completion, **_openai_sse(rp.CompletionChunk)}},
+           errors=SYNC_ERRORS,
            openai=True, description="`stream: true` answers CompletionChunk events."),
         Op("post", "/v1/embeddings", "Embeddings (OpenAI)", "openai", body=oa.EmbeddingRequest,
            ok={200: rp.EmbeddingList}, errors=SYNC_ERRORS, openai=True),
@@ -183,9 +214,10 @@ ERROR_WORDS = {
 class OpenAPIDocument:
     """Build the document once per app: the models' schemas and every operation."""
 
-    def __init__(self, settings: Settings, version: str) -> None:
+    def __init__(self, settings: Settings, version: str, model_ids: list[str]) -> None:
         self.settings = settings
         self.version = version
+        self.model_ids = model_ids  # the registry's, shown as examples of `model`
         self._doc: dict[str, Any] | None = None
 
     def document(self) -> dict[str, Any]:
@@ -201,6 +233,9 @@ class OpenAPIDocument:
             [(m, "validation") for m in models], ref_template=REF, title="conveyor"
         )
         ref = {m: refs[(m, "validation")] for m in models}
+        schemas = defs.get("$defs", {})
+        for name in WITH_MODEL:
+            schemas[name]["properties"]["model"]["examples"] = self.model_ids
         paths: dict[str, dict[str, Any]] = {}
         for op in ops:
             paths.setdefault(op.path, {})[op.method] = self._operation(op, ref)
@@ -216,7 +251,7 @@ class OpenAPIDocument:
             "tags": [{"name": t} for t in ("jobs", "models", "openai", "health", "admin", "docs")],
             "paths": paths,
             "components": {
-                "schemas": defs.get("$defs", {}),
+                "schemas": schemas,
                 "securitySchemes": {
                     "bearer": {
                         "type": "http",

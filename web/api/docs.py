@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from flask import Blueprint, Flask, current_app, jsonify, send_from_directory
+from flask import Blueprint, Flask, current_app, jsonify, request, send_from_directory
 from swagger_ui.utils import SWAGGER_UI_PY_ROOT
 
 from web.app_services import EXTENSION as SERVICES
@@ -17,17 +17,15 @@ from web.openapi import OpenAPIDocument
 
 bp = Blueprint("docs", __name__)
 EXTENSION = "conveyor_openapi"
-OPEN_PATHS = ("/openapi.json", "/docs")
-ASSETS_PREFIX = "/docs/assets/"
 HERE = Path(__file__).resolve().parents[1] / "static" / "apidocs"
-# The only files of the bundle the page loads.
 BUNDLE = SWAGGER_UI_PY_ROOT / "static"
-BUNDLE_FILES = ("swagger-ui.css", "swagger-ui-bundle.js")
-
-
-def is_open(path: str) -> bool:
-    """Return whether a path is the document, the page or one of its files."""
-    return path in OPEN_PATHS or path.startswith(ASSETS_PREFIX)
+# What the page loads: Swagger UI's style and bundle, and the script that starts it.
+FILES = {
+    "swagger-ui.css": (BUNDLE, "text/css"),
+    "swagger-ui-bundle.js": (BUNDLE, "text/javascript"),
+    "init.js": (HERE, "text/javascript"),
+}
+OPEN_PATHS = ("/openapi.json", "/docs", *(f"/docs/{name}" for name in FILES))
 
 
 @bp.get("/openapi.json")
@@ -40,11 +38,13 @@ def docs():
     return send_from_directory(HERE, "index.html", mimetype="text/html", max_age=0)
 
 
-@bp.get("/docs/assets/<name>")
-def asset(name: str):
-    """Serve the page's script, or Swagger UI's bundle (404 for anything else)."""
-    folder = BUNDLE if name in BUNDLE_FILES else HERE
-    return send_from_directory(folder, name, max_age=3600)
+@bp.get("/docs/swagger-ui.css")
+@bp.get("/docs/swagger-ui-bundle.js")
+@bp.get("/docs/init.js")
+def asset():
+    name = request.path.rsplit("/", 1)[1]
+    folder, mimetype = FILES[name]
+    return send_from_directory(folder, name, mimetype=mimetype, max_age=3600)
 
 
 def install(app: Flask) -> None:
@@ -53,6 +53,7 @@ def install(app: Flask) -> None:
         release = version("conveyor")
     except PackageNotFoundError:  # a source tree that was never installed
         release = "0"
-    settings = app.extensions[SERVICES].settings
-    app.extensions[EXTENSION] = OpenAPIDocument(settings, release)
+    svc = app.extensions[SERVICES]
+    models = [spec.id for spec in svc.registry]
+    app.extensions[EXTENSION] = OpenAPIDocument(svc.settings, release, models)
     app.register_blueprint(bp)

@@ -345,7 +345,7 @@ class TranscriptionRequest(_Strict):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    model: str
+    model: str = Field(min_length=1)
     chunking_strategy: str | None = None
     include: list[str] | None = Field(None, alias="include[]")
     language: str | None = None

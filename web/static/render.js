@@ -147,7 +147,7 @@ function fill(tbody, rows, empty) {
 function renderFleet(models, workers, jobs) {
   fill(
     document.getElementById("fleet-models"),
-    models.map((m) =>
+    [...models].sort((a, b) => (b.workers_online > 0) - (a.workers_online > 0)).map((m) =>
       el("tr", { "data-model": m.id },
         el("td", {}, el("strong", { text: m.id }), m.description ? el("div", { class: "hint", text: m.description }) : null),
         el("td", { text: (m.tasks || []).join(", ") }),
