@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from shared.jobs import TERMINAL
+from shared.jobs import JobStatus
 from shared.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,13 @@ def _event_id(value: str) -> tuple[int, int]:
 
 
 def _is_end(event: Event) -> bool:
-    return event[1] == "status" and event[2].get("status") in TERMINAL
+    """Return whether an event is a job's move to a terminal state."""
+    if event[1] != "status":
+        return False
+    try:
+        return JobStatus(event[2].get("status")).is_terminal()
+    except ValueError:  # not a status this version knows
+        return False
 
 
 @dataclass(eq=False)
