@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 RESTART_PAUSE_S = 1.0  # between restarts of a model process that died soon after starting
 STABLE_S = 30.0  # a model process that lived this long restarts at once
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# glibc gives each thread that allocates a heap of its own, up to 8 per core, each reserving
+# 64 MiB of address space: with a pool thread per job that inflates RSS and, under
+# options.memory_limit_mb's address-space cap, left no room to start a pool thread at all.
+# Python's small objects do not use malloc (pymalloc), so two heaps cost no speed.
+MALLOC_ARENA_MAX = "2"
 
 
 class WorkerStartError(Exception):
@@ -144,6 +149,7 @@ class Supervisor:
         self.concurrency = concurrency
         self.proc: subprocess.Popen | None = None
         self.stopping = False
+        self.arenas = os.environ.get("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "workers.serve", "--model", self.spec.id]
@@ -162,7 +168,7 @@ class Supervisor:
                 # it on once (a second SIGINT would make Celery's shutdown a cold one).
                 self.proc = subprocess.Popen(
                     self.command(),
-                    env=child_env(self.settings),
+                    env=child_env(self.settings, {"MALLOC_ARENA_MAX": self.arenas}),
                     preexec_fn=die_with_parent,
                     start_new_session=True,
                 )
