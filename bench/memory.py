@@ -30,7 +30,6 @@ if str(ROOT) not in sys.path:  # runnable as `python bench/memory.py`
     sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
-import redis  # noqa: E402
 import yaml  # noqa: E402
 
 from shared.config import Settings  # noqa: E402
@@ -134,7 +133,7 @@ class Rig:
                 stderr=subprocess.STDOUT,
             )
         self.model = model
-        self.fleet = Fleet(redis.Redis.from_url(self.settings.redis_url, decode_responses=True))
+        self.fleet = Fleet.from_url(self.settings.redis_url)
         from web import create_app
 
         self.client = create_app(self.settings).test_client()

@@ -69,7 +69,8 @@ def scrape_ms(store: JobStore, queued: int, rounds: int = 20) -> list[float]:
             )
         )
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector(MetricsStore(store.r), store, Fleet(store.r), spec))
+    metrics, fleet = MetricsStore.from_store(store), Fleet.from_store(store)
+    registry.register(FleetCollector(metrics, store, fleet, spec))
     out = []
     for _ in range(rounds):
         t0 = time.perf_counter()

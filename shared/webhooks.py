@@ -26,14 +26,13 @@ import redis
 
 from shared.errors import InvalidInput
 from shared.jobs import JobRecord
-from shared.store.jobs import PREFIX
+from shared.store.job_reads import JobReads
+from shared.store.webhook_snapshots import WebhookSnapshots
 
 log = logging.getLogger(__name__)
 
 EVENTS = ("start", "output", "completed")
 OUTPUT_INTERVAL_S = 0.5  # at most one `output` event per job this often
-SNAPSHOT_KEY = PREFIX + ":webhook:{}"
-DONE = json.dumps({"done": True})
 
 
 class WebhookTargetRefused(InvalidInput):
@@ -155,15 +154,19 @@ class WebhookNotifier:
 
     def __init__(
         self,
-        client: redis.Redis,
+        store: JobReads | redis.Redis,
         send: Callable[[str], None],
         *,
         ttl_s: int,
         output_interval_s: float = OUTPUT_INTERVAL_S,
     ) -> None:
-        self.r = client
+        # The job store; a bare client is taken while web/service.py, workers/runtime.py
+        # and workers/main.py still pass store.r.
+        if isinstance(store, JobReads):
+            self.snapshots = WebhookSnapshots.from_store(store, ttl_s=ttl_s)
+        else:
+            self.snapshots = WebhookSnapshots(store, ttl_s=ttl_s)
         self.send = send
-        self.ttl_s = ttl_s
         self.output_interval_s = output_interval_s
         self._last_output: dict[str, tuple[float, int]] = {}
 
@@ -211,12 +214,12 @@ class WebhookNotifier:
         )
         try:
             # NX: a second trigger of the same event (web and worker racing) sends nothing.
-            if not self.r.set(SNAPSHOT_KEY.format(msg_id), snapshot, nx=True, ex=self.ttl_s):
+            if not self.snapshots.freeze(msg_id, snapshot):
                 return
             self.send(msg_id)
         except Exception:  # a webhook must never break the job path
             with contextlib.suppress(redis.RedisError):
-                self.r.delete(SNAPSHOT_KEY.format(msg_id))  # a later trigger may try again
+                self.snapshots.drop(msg_id)  # a later trigger may try again
             log.warning(
                 "job %s model %s: could not queue webhook %s",
                 job.id,

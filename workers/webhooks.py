@@ -35,9 +35,8 @@ from shared.metrics.store import MetricsStore
 from shared.registry import load_registry
 from shared.store.fleet import Fleet
 from shared.store.jobs import JobStore, connect
+from shared.store.webhook_snapshots import WebhookSnapshots
 from shared.webhooks import (
-    DONE,
-    SNAPSHOT_KEY,
     Resolver,
     WebhookTargetRefused,
     backoff_s,
@@ -67,6 +66,7 @@ class Deliverer:
     ) -> None:
         self.settings = settings
         self.store = store
+        self.snapshots = WebhookSnapshots.from_store(store)
         self.app = app
         self.resolve = resolve
         self.key = secret_key(settings.webhook_secret) if settings.webhook_secret else None
@@ -75,7 +75,7 @@ class Deliverer:
 
     def deliver(self, msg_id: str, attempt: int) -> str:
         """Make attempt number `attempt` at one event; return what happened."""
-        raw = self.store.r.get(SNAPSHOT_KEY.format(msg_id))
+        raw = self.snapshots.get(msg_id)
         snap = json.loads(raw) if raw else {"done": True}
         if snap.get("done"):
             return "done"  # delivered or given up already, or expired with its job
@@ -181,7 +181,7 @@ class Deliverer:
 
     def _close(self, msg_id: str) -> None:
         # Keep a marker, not nothing: a late trigger of the same event then stays a no-op.
-        self.store.r.set(SNAPSHOT_KEY.format(msg_id), DONE, keepttl=True, xx=True)
+        self.snapshots.close(msg_id)
 
 
 # transport
@@ -308,8 +308,8 @@ def build_webhook_app(settings: Settings) -> Celery:
     app = make_celery(settings, load_registry(settings.registry))
     store = JobStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s)
     deliverer = Deliverer(settings, store, app)
-    metrics = MetricsStore(store.r)
-    fleet = Fleet(store.r)
+    metrics = MetricsStore.from_store(store)
+    fleet = Fleet.from_store(store)
     worker_id = f"webhooks@{socket.gethostname()}:{os.getpid()}"
     stop = threading.Event()
 

@@ -1,6 +1,6 @@
 """Fleet-wide counters and histograms kept in one Redis hash.
 
-Whatever counts something (the result store when a job is created or ends, the webhook
+Whatever counts something (the job store when a job is created or ends, the webhook
 worker after an attempt, each web process for its HTTP requests) adds to the same hash, so
 any web process reads the whole fleet's numbers at scrape time, whichever host or process
 did the counting. A field is a metric sample: JSON of [name, labels]; its value is a count
@@ -13,15 +13,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from shared.jobs import JobRecord, JobStatus
+from shared.store import keys
 
-# Under the result store's prefix (shared/store/jobs.py imports this module, not the reverse:
-# it counts a job's end inside the write that ends it).
-METRICS_KEY = "conveyor:metrics"
+if TYPE_CHECKING:
+    from shared.store.job_reads import JobReads
 
 # Histogram bounds, in seconds unless named otherwise: from an echo job's milliseconds to
 # a long generation's minutes.
@@ -107,7 +107,7 @@ def histogram_writes(name: str, value: float, **labels: str) -> list[tuple[str, 
 def job_end_writes(rec: JobRecord) -> list[tuple[str, str, float]]:
     """Return the writes that count a job reaching its terminal state.
 
-    Called once per job, inside the result store's compare-and-set that ends it.
+    Called once per job, inside the job store's compare-and-set that ends it.
     """
     model, task = rec.model, rec.task
     error_type = rec.error.type if rec.status == JobStatus.FAILED and rec.error else ""
@@ -156,20 +156,27 @@ class MetricsStore:
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
 
+    @classmethod
+    def from_store(cls, store: JobReads) -> MetricsStore:
+        """Return the metrics on the job store's connection pool."""
+        return cls(store.r)
+
     @staticmethod
     def queue(pipe, writes: Iterable[tuple[str, str, float]]) -> None:
-        """Queue writes on a pipeline (or the result store's compare-and-set batch)."""
+        """Queue writes on a pipeline (or the job store's compare-and-set Writes)."""
         for command, name, amount in writes:
             getattr(pipe, command)(
-                METRICS_KEY, name, int(amount) if command == "hincrby" else amount
+                keys.METRICS, name, int(amount) if command == "hincrby" else amount
             )
 
     def add(self, writes: Iterable[tuple[str, str, float]]) -> None:
         """Apply writes now, in one round trip."""
+        writes = list(writes)
+        if not writes:
+            return
         pipe = self.r.pipeline(transaction=False)
         self.queue(pipe, writes)
-        if pipe.command_stack:
-            pipe.execute()
+        pipe.execute()
 
     def add_totals(self, totals: Mapping[tuple[str, str], float]) -> None:
         """Apply summed writes, {(command, field): amount}, in one round trip."""
@@ -182,14 +189,14 @@ class MetricsStore:
     def read(self) -> Samples:
         """Return every stored sample."""
         out: Samples = {}
-        for raw, value in self.r.hgetall(METRICS_KEY).items():
+        for raw, value in self.r.hgetall(keys.METRICS).items():
             name, labels = json.loads(raw)
             out[(name, tuple(sorted(labels.items())))] = float(value)
         return out
 
 
 def submitted_field(model: str, task: str) -> str:
-    """Return the field the result store's create script counts a new job in."""
+    """Return the field the job store's create script counts a new job in."""
     return field(JOBS_SUBMITTED, model=model, task=task)
 
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-Event = tuple[str, str, dict[str, Any]]  # (job_id, event, data)
+PendingEvent = tuple[str, str, dict[str, Any]]  # (job_id, event, data), not yet written
 
 # Longest an event waits for company. Far below what a reader of a token stream notices.
 BATCH_S = 0.025
@@ -24,7 +24,7 @@ class EventBuffer:
 
     def __init__(
         self,
-        write: Callable[[list[Event]], None],
+        write: Callable[[list[PendingEvent]], None],
         *,
         interval_s: float = BATCH_S,
         clock: Callable[[], float] = time.monotonic,
@@ -33,7 +33,7 @@ class EventBuffer:
         self._interval = interval_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._pending: list[Event] = []
+        self._pending: list[PendingEvent] = []
         self._last = float("-inf")
 
     def add(self, job_id: str, event: str, data: dict[str, Any]) -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 
 from shared.payloads import PayloadStore
-from shared.store.jobs import PREFIX, JobStore
+from shared.store import keys
+from shared.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 
-LOCK_KEY = PREFIX + ":sweep-lock"
+LOCK_KEY = keys.SWEEP_LOCK  # for tests/integration/test_control.py, which holds the lock
 
 
 def sweep_payloads(store: JobStore, payloads: PayloadStore, *, grace_s: float) -> list[str]:
@@ -42,6 +43,6 @@ def sweep_if_due(
     store: JobStore, payloads: PayloadStore, *, interval_s: float, grace_s: float, owner: str
 ) -> list[str] | None:
     """Sweep unless another process of the fleet swept within interval_s; None if skipped."""
-    if not store.r.set(LOCK_KEY, owner, nx=True, px=int(interval_s * 1000)):
+    if not store.take_sweep_turn(owner, interval_s):
         return None
     return sweep_payloads(store, payloads, grace_s=grace_s)

@@ -10,8 +10,10 @@ import pytest
 from shared.celery_app import make_celery
 from shared.jobs import JobRecord, Webhook, new_job_id, now
 from shared.registry import load_registry
+from shared.store import keys
 from shared.store.jobs import JobStore, connect
-from shared.webhooks import SNAPSHOT_KEY, WebhookNotifier
+from shared.store.webhook_snapshots import WebhookSnapshots
+from shared.webhooks import WebhookNotifier
 from tests.conftest import wait_for
 from tests.webhook_receiver import Receiver, start_webhook_worker, verify_standard_webhook
 from workers.webhooks import Deliverer
@@ -76,7 +78,7 @@ def deliveries(client, job_id, event=None):
 
 def closed(store, msg_id) -> bool:
     """Whether the webhook worker is done with an event: no attempt of it can follow."""
-    raw = store.r.get(SNAPSHOT_KEY.format(msg_id))
+    raw = WebhookSnapshots.from_store(store).get(msg_id)
     return raw is not None and json.loads(raw) == {"done": True}
 
 
@@ -126,8 +128,8 @@ def test_events_filter_picks_events(client, receiver, store):
     receiver.wait(job["id"], "completed")
     # The notifier freezes an event before queueing it, and `start` would come before
     # `completed`: its absence now means it was never queued.
-    keys = sorted(store.r.scan_iter(SNAPSHOT_KEY.format(f"msg_{job['id']}_*")))
-    assert keys == [SNAPSHOT_KEY.format(f"msg_{job['id']}_completed")], keys
+    frozen = sorted(store.r.scan_iter(keys.webhook(f"msg_{job['id']}_*")))
+    assert frozen == [keys.webhook(f"msg_{job['id']}_completed")], frozen
     assert [d.event for d in receiver.of(job["id"])] == ["completed"]
     bad = client.post(
         "/v1/jobs",
@@ -260,7 +262,7 @@ def test_output_still_undelivered_when_the_job_ends_is_dropped(client, store):
         [done] = rx.wait(job["id"], "completed")
         assert done.json["output"] == {"echo": {"sleep_s": 2.5}}  # it carries the output
         # Every `output` the notifier queued, whether it reached the receiver or not.
-        prefix = SNAPSHOT_KEY.format("")
+        prefix = keys.webhook("")
         queued = [
             k.removeprefix(prefix) for k in store.r.scan_iter(f"{prefix}msg_{job['id']}_output_*")
         ]
@@ -365,7 +367,7 @@ def ended_job(store, url: str) -> tuple[JobRecord, str]:
     )
     store.create(job)
     sent: list[str] = []
-    WebhookNotifier(store.r, sent.append, ttl_s=60).ended(store.mark_canceled(job.id))
+    WebhookNotifier(store, sent.append, ttl_s=60).ended(store.mark_canceled(job.id))
     return job, sent[0]
 
 

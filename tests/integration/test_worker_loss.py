@@ -13,6 +13,7 @@ import redis
 from shared.celery_app import broker_keys, enqueue_job, make_celery
 from shared.jobs import JobRecord, Priority, new_job_id, now
 from shared.registry import load_registry
+from shared.store import keys
 from shared.store.jobs import JobStore
 from tests.conftest import wait_for
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.timeout(240)
 
 def status_events(settings, job_id: str) -> list[str]:
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    entries = client.xrange(JobStore.events_key(job_id))
+    entries = client.xrange(keys.events(job_id))
     return [json.loads(f["data"])["status"] for _id, f in entries if f["event"] == "status"]
 
 

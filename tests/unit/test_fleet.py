@@ -7,7 +7,8 @@ import time
 import pytest
 import redis
 
-from shared.store.fleet import INDEX_KEEP_S, INDEX_KEY, WORKER_KEY, Fleet
+from shared.store import keys
+from shared.store.fleet import INDEX_KEEP_S, Fleet
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def test_publish_list_and_remove(client):
     assert [w["pid"] for w in fleet.workers()] == [1, 2]
     assert [w["pid"] for w in fleet.workers("llm")] == [2]
     fleet.remove("llm@h:2")
-    assert fleet.workers("llm") == [] and client.zscore(INDEX_KEY, "llm@h:2") is None
+    assert fleet.workers("llm") == [] and client.zscore(keys.WORKERS_INDEX, "llm@h:2") is None
 
 
 def test_expired_workers_vanish_and_stale_index_entries_are_pruned(client):
@@ -30,15 +31,15 @@ def test_expired_workers_vanish_and_stale_index_entries_are_pruned(client):
     fleet.publish("echo@h:1", {"model": "echo"})
     time.sleep(0.3)
     assert fleet.workers() == []  # the key lapsed: gone, whatever the index says
-    client.zadd(INDEX_KEY, {"ghost@h:9": time.time() - INDEX_KEEP_S - 1})
+    client.zadd(keys.WORKERS_INDEX, {"ghost@h:9": time.time() - INDEX_KEEP_S - 1})
     fleet.workers()
-    assert client.zscore(INDEX_KEY, "ghost@h:9") is None
+    assert client.zscore(keys.WORKERS_INDEX, "ghost@h:9") is None
 
 
 def test_listing_ignores_unrelated_keys(client):
     # Job records and events fill the keyspace; only indexed workers are read.
-    client.set(WORKER_KEY.format("not-indexed"), '{"model": "echo"}')
-    client.mset({f"conveyor:job:{i}": "{}" for i in range(2000)})
+    client.set(keys.worker("not-indexed"), '{"model": "echo"}')
+    client.mset({keys.job(str(i)): "{}" for i in range(2000)})
     fleet = Fleet(client)
     fleet.publish("echo@h:1", {"model": "echo", "pid": 1})
     assert [w["pid"] for w in fleet.workers("echo")] == [1]

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from shared.jobs import JobRecord, new_job_id, now
+from shared.store import keys
 from shared.store.jobs import Claim, JobStore, connect
 from web.job_feeds import JobFeeds
 
@@ -103,7 +104,7 @@ def test_heartbeats_while_quiet_then_the_end(store):
 def test_followers_of_a_job_that_vanished_are_told_it_is_over(store):
     feeds = JobFeeds(store, check_s=0.2)
     job = running(store)
-    store.r.delete(store.job_key(job.id))  # as if it expired while followed
+    store.r.delete(keys.job(job.id))  # as if it expired while followed
     started = time.monotonic()
     events = collect(feeds, job.id, idle_s=0.1)
     assert [d["status"] for _id, _e, d in events] == ["queued", "running"]

@@ -20,6 +20,7 @@ from shared.metrics.store import (
     http_writes,
 )
 from shared.registry import load_registry
+from shared.store import keys
 from shared.store.fleet import Fleet
 from shared.store.jobs import IllegalTransition, JobStore, QueueFull, connect
 
@@ -140,7 +141,7 @@ def test_reaper_and_claim_failures_are_counted_with_their_error_type(store):
     lost = new(store)
     for _ in range(2):
         store.claim(lost.id, "w1", lease_s=0.001, max_deliveries=2)
-        store.r.delete(store.lease_key(lost.id))
+        store.r.delete(keys.lease(lost.id))
         store.requeue(lost.id)
     store.claim(lost.id, "w2", lease_s=5, max_deliveries=2)  # delivered too often: failed
     expired = new(store, queue_timeout_s=1, created_at=now() - 2)

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from shared.jobs import JobError, JobRecord, JobStatus, Priority, new_job_id, now
+from shared.store import keys
 from shared.store.jobs import Claim, IllegalTransition, JobStore, QueueFull, connect
 from tests.conftest import wait_for
 
@@ -87,7 +88,7 @@ def test_renew_only_own_lease(store):
     store.claim(job.id, "w1", lease_s=30, max_deliveries=3)
 
     def lease_ms() -> int:
-        return store.r.pttl(store.lease_key(job.id))
+        return store.r.pttl(keys.lease(job.id))
 
     assert store.renew_lease(job.id, "w2", 60) is False
     assert lease_ms() <= 30_000  # untouched by another worker
@@ -131,8 +132,8 @@ def test_records_expire_with_the_ttl(redis_db):
     store = JobStore(connect(redis_db()), ttl_s=1)
     job = queued(store)
     store.add_event(job.id, "token", {"text": "x"})
-    assert store.r.ttl(store.job_key(job.id)) <= 1
-    assert 0 < store.r.ttl(store.events_key(job.id)) <= 1
+    assert store.r.ttl(keys.job(job.id)) <= 1
+    assert 0 < store.r.ttl(keys.events(job.id)) <= 1
     wait_for(lambda: store.get(job.id) is None, 10, what="the record to expire")
 
 
@@ -223,12 +224,12 @@ def test_a_record_changed_between_read_and_write_is_read_again(store):
 def test_a_lease_that_appears_between_read_and_write_is_seen(store):
     job = queued(store)
     store.claim(job.id, "w1", lease_s=5, max_deliveries=3)
-    store.r.delete(store.lease_key(job.id))  # the lease lapsed: the job can be requeued
+    store.r.delete(keys.lease(job.id))  # the lease lapsed: the job can be requeued
     real_get = store.r.mget
 
-    def mget_then_lease(*keys):
-        found = real_get(*keys)
-        store.r.set(store.lease_key(job.id), "w1", px=5000)  # ...but the worker renews it
+    def mget_then_lease(*names):
+        found = real_get(*names)
+        store.r.set(keys.lease(job.id), "w1", px=5000)  # ...but the worker renews it
         store.r.mget = real_get
         return found
 

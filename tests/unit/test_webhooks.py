@@ -22,10 +22,11 @@ from shared.config import Settings
 from shared.jobs import JobRecord, JobStatus, Webhook, new_job_id, now
 from shared.payloads import PayloadStore
 from shared.registry import ModelSpec
+from shared.store import keys
 from shared.store.jobs import Claim, JobStore, connect
 from shared.store.sweeper import sweep_if_due, sweep_payloads
+from shared.store.webhook_snapshots import WebhookSnapshots
 from shared.webhooks import (
-    SNAPSHOT_KEY,
     WebhookNotifier,
     WebhookTargetRefused,
     backoff_s,
@@ -285,7 +286,7 @@ def job_with(store, events=("start", "output", "completed"), **fields) -> JobRec
 
 def test_notifier_throttles_output_and_sends_completed_once(store):
     sent: list[str] = []
-    notifier = WebhookNotifier(store.r, sent.append, ttl_s=60, output_interval_s=0.3)
+    notifier = WebhookNotifier(store, sent.append, ttl_s=60, output_interval_s=0.3)
     job = job_with(store)
     notifier.started(job)
     for i in range(20):
@@ -294,20 +295,20 @@ def test_notifier_throttles_output_and_sends_completed_once(store):
     time.sleep(0.35)
     notifier.output(job, lambda: {"text": "later"})
     assert len(sent) == 3
-    snap = json.loads(store.r.get(SNAPSHOT_KEY.format(sent[2])))
+    snap = json.loads(WebhookSnapshots.from_store(store).get(sent[2]))
     assert snap["event"] == "output" and json.loads(snap["body"])["output"] == {"text": "later"}
     notifier.ended(store.get(job.id))  # not terminal yet: nothing
     ended = store.mark_canceled(job.id)
     notifier.ended(ended)
-    WebhookNotifier(store.r, sent.append, ttl_s=60).ended(ended)  # another process, same event
+    WebhookNotifier(store, sent.append, ttl_s=60).ended(ended)  # another process, same event
     assert [s.split("_")[2] for s in sent] == ["start", "output", "output", "completed"]
-    body = json.loads(json.loads(store.r.get(SNAPSHOT_KEY.format(sent[-1])))["body"])
+    body = json.loads(json.loads(WebhookSnapshots.from_store(store).get(sent[-1]))["body"])
     assert body["status"] == "canceled" and body["id"] == job.id
 
 
 def test_notifier_respects_the_filter_and_survives_a_failed_send(store):
     sent: list[str] = []
-    notifier = WebhookNotifier(store.r, sent.append, ttl_s=60)
+    notifier = WebhookNotifier(store, sent.append, ttl_s=60)
     plain = job_with(store, events=None)
     only_done = job_with(store, events=["completed"])
     for job in (plain, only_done):
@@ -318,7 +319,7 @@ def test_notifier_respects_the_filter_and_survives_a_failed_send(store):
     def broken(msg_id):
         raise ConnectionError("broker down")
 
-    WebhookNotifier(store.r, broken, ttl_s=60).ended(store.mark_canceled(only_done.id))
+    WebhookNotifier(store, broken, ttl_s=60).ended(store.mark_canceled(only_done.id))
     notifier.ended(store.get(only_done.id))  # the failed send did not eat the event
     assert sent == [f"msg_{only_done.id}_completed"]
 
@@ -366,6 +367,6 @@ def test_sweeper_removes_ended_and_vanished_payloads_only(store, tmp_path):
     assert payloads.age_s(live.id) < 60 and payloads.age_s("vanished-old") is None
     assert sweep_payloads(store, payloads, grace_s=0) == ["vanished-new"]
     # The periodic sweep runs once per interval across the fleet.
-    store.r.delete("conveyor:sweep-lock")
+    store.r.delete(keys.SWEEP_LOCK)
     assert sweep_if_due(store, payloads, interval_s=30, grace_s=0, owner="a") == []
     assert sweep_if_due(store, payloads, interval_s=30, grace_s=0, owner="b") is None
