@@ -33,7 +33,7 @@ from shared.jobs import JobRecord, WebhookDelivery, now
 from shared.logs import bind_log_fields, log_scope
 from shared.metrics.store import MetricsStore
 from shared.registry import load_registry
-from shared.store.fleet import Fleet
+from shared.store.fleet import PUBLISH_INTERVAL_S, Fleet
 from shared.store.jobs import JobStore, connect
 from shared.store.webhook_snapshots import WebhookSnapshots
 from shared.webhooks import (
@@ -50,7 +50,6 @@ from workers.memory import memory_stats
 log = logging.getLogger(__name__)
 
 KEEP_DELIVERIES = 100  # past this many, the oldest `output` attempts leave the record
-HEARTBEAT_S = 3.0
 
 
 class Deliverer:
@@ -348,7 +347,7 @@ def build_webhook_app(settings: Settings) -> Celery:
                 fleet.publish(worker_id, facts())
             except Exception:  # Redis blips must not kill the heartbeat
                 log.warning("webhook worker heartbeat failed", exc_info=True)
-            if stop.wait(HEARTBEAT_S):
+            if stop.wait(PUBLISH_INTERVAL_S):
                 return
 
     def on_ready(**_kwargs) -> None:

@@ -17,13 +17,17 @@ from shared.store.job_reads import JobReads
 # SCAN per submit grew with the job count). An index entry outlives its worker's key this
 # long; the key, not the index, says alive.
 INDEX_KEEP_S = 3600
+# Every worker (model or webhook) publishes its facts this often; a worker whose last
+# publish is TTL_S old is gone from the fleet (five missed publishes, not one blip).
+PUBLISH_INTERVAL_S = 3.0
+TTL_S = 15.0
 COMMANDS_CHANNEL = keys.COMMANDS  # for workers/runtime.py until it listens with commands()
 
 
 class Fleet:
     """Read and write worker heartbeats kept in Redis with a short TTL."""
 
-    def __init__(self, client: redis.Redis, *, ttl_s: float = 15.0) -> None:
+    def __init__(self, client: redis.Redis, *, ttl_s: float = TTL_S) -> None:
         self.r = client
         self.ttl_s = ttl_s
 
