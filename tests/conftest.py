@@ -151,19 +151,35 @@ class WorkerProcess:
 
 @contextlib.contextmanager
 def consumer_paused(settings: Settings, model: str) -> Iterator[None]:
-    """Freeze the Celery main processes of a model's workers: the workers stay online (their
-    pool processes keep publishing heartbeats) but take no new job, so new jobs stay queued.
+    """Make a model's workers stop taking jobs, as an operator would with Celery's
+    cancel_consumer: they stay online and keep publishing heartbeats, but new jobs stay
+    queued until the consumer is added back.
     """
-    fleet = Fleet.from_url(settings.redis_url)
-    mains = {psutil.Process(w["pid"]).ppid() for w in fleet.workers(model)}
-    assert mains, f"no worker of {model} is online"
-    for pid in mains:
-        os.kill(pid, signal.SIGSTOP)
+    from shared.celery_app import make_celery
+    from shared.registry import load_registry
+
+    registry = load_registry(settings.registry)
+    queue = registry.get(model).queue
+    app = make_celery(settings, registry)
+    nodes = sorted(
+        {f"{model}@{w['hostname']}" for w in Fleet.from_url(settings.redis_url).workers(model)}
+    )
+    assert nodes, f"no worker of {model} is online"
+    replies = app.control.cancel_consumer(queue, destination=nodes, reply=True, timeout=10)
+    assert len(replies) == len(nodes), replies
+
+    def stopped():
+        active = app.control.inspect(destination=nodes, timeout=5).active_queues() or {}
+        return len(active) == len(nodes) and all(
+            queue not in {q["name"] for q in qs} for qs in active.values()
+        )
+
+    wait_for(stopped, 20, interval=0.2, what=f"{model}'s workers to stop consuming")
     try:
         yield
     finally:
-        for pid in mains:
-            os.kill(pid, signal.SIGCONT)
+        app.control.add_consumer(queue, destination=nodes, reply=True, timeout=10)
+        app.close()
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
