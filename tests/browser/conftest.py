@@ -89,7 +89,7 @@ def page_errors() -> PageErrors:
 
 
 @pytest.fixture
-def page(browser, stack, page_errors) -> Iterator:
+def page(browser, page_errors) -> Iterator:
     """A fresh page at laptop width whose JavaScript errors fail the test, and that may not
     load anything from outside the server (no CDN: the page works offline)."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})

@@ -8,6 +8,7 @@ import json
 import pytest
 import requests
 from PIL import Image
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -27,12 +28,18 @@ def choose(page, model: str, task: str) -> None:
 
 def wait_status(page, status: str, timeout_s: float = 120) -> None:
     """Wait for the job's status; for an ended job, also for the page to show its output."""
-    page.wait_for_function(
-        """([s, ended]) => document.getElementById('job-status').textContent.startsWith(s)
-              && !(ended && document.getElementById('output').hasAttribute('aria-busy'))""",
-        arg=[status, status in ENDED],
-        timeout=timeout_s * 1000,
-    )
+    try:
+        page.wait_for_function(
+            """([s, ended]) => document.getElementById('job-status').textContent.startsWith(s)
+                  && !(ended && document.getElementById('output').hasAttribute('aria-busy'))""",
+            arg=[status, status in ENDED],
+            timeout=timeout_s * 1000,
+        )
+    except PlaywrightTimeout:
+        shown = page.locator("#job-status").text_content()
+        error = page.locator("#form-error").text_content()
+        output = page.locator("#output").text_content()
+        pytest.fail(f"never {status} in {timeout_s}s: shows {shown!r} {error!r} {output[:300]!r}")
 
 
 def job_id(page) -> str:
