@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--out", default="docs/img/page.png")
     parser.add_argument("--question", default="Name three rivers in Europe.")
     parser.add_argument("--width", type=int, default=1280)
-    parser.add_argument("--height", type=int, default=1000)
+    parser.add_argument("--height", type=int, default=1400)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     shoot(args.url, args.out, args.question, args.width, args.height)

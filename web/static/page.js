@@ -65,10 +65,7 @@
   // ---- models and tasks ---------------------------------------------------------------
 
   function modelLabel(m) {
-    const online = m.workers_online
-      ? `${m.workers_online} worker${m.workers_online > 1 ? "s" : ""} online`
-      : "no worker";
-    return `${m.id} — ${m.tasks.join(", ")} — ${online}`;
+    return `${m.id} — ${m.tasks.join(", ")} — workers: ${R.workersText(m)}`;
   }
 
   function fillModels(models) {
@@ -98,9 +95,13 @@
   function describeModel() {
     const m = currentModel();
     if (!m) return;
-    const live = m.workers_online
-      ? `${m.workers_online} worker(s) online${m.loaded ? "" : ", loading"}`
-      : `no worker online: jobs wait in the queue (start one: conveyor worker --model ${m.id})`;
+    const startable = m.on_demand && (m.on_demand.startable || m.on_demand.worker);
+    let live = `${m.workers_online} worker(s) online${m.loaded ? "" : ", loading"}`;
+    if (!m.workers_online) {
+      live = startable
+        ? "no worker online yet: a job starts one (it loads the model first)"
+        : `no worker online: jobs wait in the queue (start one: conveyor worker --model ${m.id})`;
+    }
     $("model-info").textContent = `${m.description || m.backend}. Tasks: ${m.tasks.join(", ")}. ${live}. Queue: ${m.queue_depth}.`;
   }
 

@@ -140,6 +140,14 @@ function renderOutput(task, output, context) {
 
 // ---- fleet ------------------------------------------------------------------------------
 
+// How many workers serve a model, or what happens to a job for it when none does.
+function workersText(m) {
+  if (m.workers_online) return `${m.workers_online} ${m.loaded ? "loaded" : "loading"}`;
+  if (m.on_demand && m.on_demand.worker) return "starting on demand";
+  if (m.on_demand && m.on_demand.startable) return "0, starts on demand";
+  return "0 online";
+}
+
 function fill(tbody, rows, empty) {
   tbody.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "9", class: "hint", text: empty }))]));
 }
@@ -149,11 +157,12 @@ function renderFleet(models, workers, jobs) {
     document.getElementById("fleet-models"),
     [...models].sort((a, b) => (b.workers_online > 0) - (a.workers_online > 0)).map((m) =>
       el("tr", { "data-model": m.id },
-        el("td", {}, el("strong", { text: m.id }), m.description ? el("div", { class: "hint", text: m.description }) : null),
+        el("td", {}, el("strong", { text: m.id }),
+          m.workers_online && m.description ? el("div", { class: "hint", text: m.description }) : null),
         el("td", { text: (m.tasks || []).join(", ") }),
         el("td", { text: String(m.queue_depth ?? "–") }),
         el("td", {}, el("span", { class: m.workers_online ? "dot on" : "dot off", "aria-hidden": "true" }),
-          ` ${m.workers_online || 0}${m.workers_online ? (m.loaded ? " loaded" : " loading") : " online"}`))
+          ` ${workersText(m)}`))
     ),
     "no models"
   );
@@ -205,4 +214,4 @@ function curlCommand(base, payload, files, withKey) {
   return lines.join(" \\\n  ");
 }
 
-window.render = { el, renderOutput, renderFleet, curlCommand, fmtSeconds, shortId };
+window.render = { el, renderOutput, renderFleet, curlCommand, fmtSeconds, shortId, workersText };
