@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -9,6 +10,7 @@ import redis
 
 from shared.store import keys
 from shared.store.fleet import INDEX_KEEP_S, Fleet
+from tests.conftest import wait_for
 
 
 @pytest.fixture
@@ -43,3 +45,23 @@ def test_listing_ignores_unrelated_keys(client):
     fleet = Fleet(client)
     fleet.publish("echo@h:1", {"model": "echo", "pid": 1})
     assert [w["pid"] for w in fleet.workers("echo")] == [1]
+
+
+def test_broadcast_commands_reach_every_listener(client):
+    fleet = Fleet(client)
+    got: list[list[dict]] = [[], []]
+
+    def listen(into: list[dict]) -> None:
+        for command in Fleet(client).commands():
+            into.append(command)
+            return
+
+    threads = [threading.Thread(target=listen, args=(box,), daemon=True) for box in got]
+    for thread in threads:
+        thread.start()
+    # A broadcast reaches those subscribed by then: wait until both listen.
+    wait_for(lambda: client.pubsub_numsub(keys.COMMANDS)[0][1] == 2, 10, what="listeners")
+    assert fleet.broadcast("cleanup", reason="test") == 2
+    for thread in threads:
+        thread.join(10)
+    assert got == [[{"command": "cleanup", "reason": "test"}]] * 2

@@ -1,4 +1,4 @@
-"""The result store's state machine, on a real Redis."""
+"""The job store's state machine, on a real Redis."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from shared.jobs import JobError, JobRecord, JobStatus, Priority, new_job_id, now
 from shared.store import keys
 from shared.store.jobs import Claim, IllegalTransition, JobStore, QueueFull, connect
+from shared.store.writes import Writes
 from tests.conftest import wait_for
 
 
@@ -284,3 +285,21 @@ def test_the_reaper_reads_only_jobs_whose_queue_deadline_is_due(store):
     assert store.get(started.id).status == JobStatus.RUNNING
     assert store.get(plain.id).status == JobStatus.QUEUED  # no queue timeout: never expires
     assert store.queue_deadlines_due(t0 + 3600) == [patient.id]  # the rest were forgotten
+
+
+def test_writes_record_commands_as_redis_runs_them(redis_db):
+    # The compare-and-set script runs the recorded words as they are: the same words must
+    # do what redis-py's own methods do.
+    client = connect(redis_db())
+    writes = Writes()
+    writes.set("k", "v", px=60_000)
+    writes.zadd("z", {"a": 1.5})
+    writes.xadd("s", {"event": "status"}, maxlen=10, approximate=True)
+    assert writes.as_args()[:5] == [3, 5, "SET", "k", "v"]
+    args = writes.as_args()[1:]
+    while args:
+        n, words, args = args[0], args[1 : 1 + args[0]], args[1 + args[0] :]
+        assert len(words) == n
+        client.execute_command(*words)
+    assert client.get("k") == "v" and 0 < client.pttl("k") <= 60_000
+    assert client.zscore("z", "a") == 1.5 and client.xlen("s") == 1
