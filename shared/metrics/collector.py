@@ -1,7 +1,7 @@
 """The Prometheus collector of the whole fleet, read from Redis at scrape time.
 
 Counters and histograms come from the metrics hash (shared/metrics/store.py), queue depths
-from the result store, worker facts from the fleet's heartbeats. Nothing is kept in the
+from the job store, worker facts from the fleet's heartbeats. Nothing is kept in the
 scraping process, so every web process, on any host, answers with the same fleet numbers.
 """
 

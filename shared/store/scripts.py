@@ -1,4 +1,4 @@
-"""The Lua scripts of the result store (shared/store/jobs.py), each one round trip."""
+"""The Lua scripts of the job store (shared/store/jobs.py), each one round trip."""
 
 # Renew a lease only while we still hold it.
 RENEW = """
