@@ -121,27 +121,23 @@ class Stack:
         return self._settings
 
     def worker(
-        self, model: str, timeout: float = 120, *, concurrency: int = 1, name: str | None = None
+        self,
+        model: str,
+        timeout: float = 120,
+        *,
+        concurrency: int | None = None,
+        name: str | None = None,
     ) -> None:
-        """Start `conveyor worker --model MODEL` (once per name) and wait until it loaded."""
+        """Start `conveyor worker --model MODEL` (once per name) and wait until it loaded;
+        concurrency: jobs at once (default: the model's max_concurrency)."""
         name = name or f"worker-{model}"
         if name in self._workers:
             return
         settings = self.settings
-        child = self._start(
-            name,
-            [
-                sys.executable,
-                "-m",
-                "shared.cli.main",
-                "worker",
-                "--model",
-                model,
-                "--concurrency",
-                str(concurrency),
-            ],
-            settings,
-        )
+        cmd = [sys.executable, "-m", "shared.cli.main", "worker", "--model", model]
+        if concurrency:
+            cmd += ["--concurrency", str(concurrency)]
+        child = self._start(name, cmd, settings)
         fleet = Fleet.from_url(settings.redis_url)
 
         def loaded() -> bool:
