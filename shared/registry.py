@@ -37,6 +37,9 @@ class Source(BaseModel):
             raise ValueError("source takes one of path, package or hf_repo")
         if self.package and not self.file:
             raise ValueError("source.package needs source.file")
+        if (self.hf_file or self.revision) and not self.hf_repo:
+            # hf_file names one file of the repository (a GGUF), revision pins it.
+            raise ValueError("source.hf_file and source.revision need source.hf_repo")
         return self
 
     def describe(self) -> str:
