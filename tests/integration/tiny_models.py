@@ -590,6 +590,33 @@ def build_bert_classifier(out: Path, labels: tuple[str, ...] = ("negative", "pos
     return _save(model, fast, out)
 
 
+def build_qwen2_lm(out: Path) -> Path:
+    """A 2-layer Qwen2 causal LM with a chat template (the transformers text backend)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = byte_bpe(specials)
+    ids = {t: tok.token_to_id(t) for t in specials}
+    fast = _fast(tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = QWEN_CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    return _save(model, fast, out)
+
+
 BUILDERS = {
     "tiny-qwen2-vl": build_qwen2_vl,
     "tiny-qwen25-vl": build_qwen25_vl,
@@ -599,6 +626,7 @@ BUILDERS = {
     "tiny-qwen25-omni": build_qwen25_omni_thinker,
     "tiny-qwen25-omni-full": build_qwen25_omni_full,
     "tiny-bert-classifier": build_bert_classifier,
+    "tiny-qwen2-lm": build_qwen2_lm,
 }
 
 
