@@ -216,3 +216,18 @@ def test_the_worker_image_entrypoint_pulls_into_the_cache_then_runs_workers(
         timeout=60,
     )
     assert unknown.returncode == 2 and "'no-such-model' is not in" in unknown.stderr
+
+
+def test_a_registry_entry_names_a_hub_file_only_with_its_repository(tmp_path):
+    from shared.registry import load_registry
+
+    entry = {"id": "gguf", "backend": "llamacpp", "tasks": ["complete"]}
+    good = tmp_path / "good.yaml"
+    source = {"hf_repo": GGUF_REPO, "hf_file": "m.gguf"}
+    good.write_text(yaml.safe_dump({"models": [{**entry, "source": source}]}))
+    assert load_registry(good).get("gguf").source.describe() == f"hf://{GGUF_REPO}/m.gguf"
+    for source in ({"hf_file": "m.gguf"}, {"path": "/models/m.gguf", "revision": "v1"}):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(yaml.safe_dump({"models": [{**entry, "source": source}]}))
+        with pytest.raises(ValueError, match="need source.hf_repo"):
+            load_registry(bad)
