@@ -19,6 +19,8 @@ from web.protocols import catalog as cat
 from web.protocols import jobs as jp
 from web.protocols import openai as oa
 from web.protocols import openai_replies as rp
+from web.protocols import seed_replies as sr
+from web.protocols import seeds as sd
 
 REF = "#/components/schemas/{model}"
 WITH_MODEL = ("JobRequest", "ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest")
@@ -188,10 +190,55 @@ def operations() -> list[Op]:
            ok={200: cat.PayloadSweep}, errors=(401,)),
         Op("post", "/admin/cleanup", "Workers free cached memory now", "admin",
            ok={200: cat.CleanupRequested}, errors=(401,)),
+        *seed_operations(),
         Op("get", "/openapi.json", "This document", "docs",
            ok={200: {"application/json": {"type": "object"}}}, security=OPEN),
         Op("get", "/docs", "This document, browsable (Swagger UI)", "docs",
            ok={200: {"text/html": {"schema": {"type": "string"}}}}, security=OPEN),
+    ]  # fmt: skip
+
+
+def seed_operations() -> list[Op]:
+    """Return the routes of the servers conveyor replaces (README), each a job too."""
+    model = _path_param("model", "Registry id or alias (a hub name may hold a slash).")
+    return [
+        Op("get", "/", "Running models (a browser gets the page)", "seeds",
+           ok={200: {"application/json": sr.Running, "text/html": {"schema": {"type": "string"}}}},
+           errors=(401,)),
+        Op("get", "/health", "Health, as the AI Model Server answered it", "seeds",
+           ok={200: sr.SeedHealth}, security=OPEN),
+        Op("post", "/generate/{model}", "Generate with a model (AI Model Server)", "seeds",
+           body=sd.GenerateMedia, ok={200: sr.GenerateMediaAnswer}, errors=SYNC_ERRORS + (422,),
+           params=[model]),
+        Op("get", "/admin/memory_status", "Memory per worker (AI Model Server)", "seeds",
+           ok={200: sr.MemoryStatus}, errors=(401,)),
+        Op("get", "/admin/model_status", "Models and aliases (AI Model Server)", "seeds",
+           ok={200: sr.ModelStatus}, errors=(401,)),
+        Op("post", "/admin/emergency_cleanup", "Free memory, sweep payloads", "seeds",
+           ok={200: sr.EmergencyCleanup}, errors=(401,)),
+        Op("get", "/admin/temp_status", "Payload store usage (AI Model Server)", "seeds",
+           ok={200: sr.TempStatus}, errors=(401,)),
+        Op("post", "/admin/cleanup_temp", "Sweep the payload store (AI Model Server)", "seeds",
+           ok={200: sr.TempCleanup}, errors=(401,)),
+        Op("get", "/models", "Models (lightweight server)", "seeds",
+           ok={200: sr.LightweightModels}, errors=(401,)),
+        Op("post", "/models/{model}/generate", "Generate (lightweight server)", "seeds",
+           body=sd.GeneratePrompt, ok={200: sr.LightweightAnswer},
+           errors=SYNC_ERRORS + (422,), params=[model]),
+        Op("post", "/generate", "Generate (BitNet server; default chat model)", "seeds",
+           body=sd.BitNetGenerate, ok={200: sr.BitNetAnswer}, errors=SYNC_ERRORS + (422,)),
+        Op("get", "/model_info", "One model (BitNet server; default chat model)", "seeds",
+           ok={200: cat.ModelCard}, errors=(401, 404),
+           params=[{"name": "model", "in": "query", "schema": {"type": "string"}}]),
+        Op("post", "/chat/completions", "Chat completion (llama.cpp server)", "seeds",
+           body=oa.ChatCompletionRequest,
+           ok={200: {"application/json": rp.ChatCompletion,
+                     **_openai_sse(rp.ChatCompletionChunk)}}, errors=SYNC_ERRORS, openai=True),
+        Op("post", "/setModel", "Choose the default chat model (llama.cpp server)", "seeds",
+           body=sd.SetModel, ok={200: sr.SetModelAnswer}, errors=(400, 401, 404, 409, 422)),
+        Op("post", "/restore_cache", "Warm the prompt cache (llama.cpp server)", "seeds",
+           body=oa.ChatCompletionRequest, ok={200: sr.RestoreCacheAnswer},
+           errors=SYNC_ERRORS + (422,)),
     ]  # fmt: skip
 
 
@@ -248,7 +295,10 @@ class OpenAPIDocument:
                 "the operator views. Every error answers a JSON envelope.",
             },
             "servers": [{"url": "/"}],
-            "tags": [{"name": t} for t in ("jobs", "models", "openai", "health", "admin", "docs")],
+            "tags": [
+                {"name": t}
+                for t in ("jobs", "models", "openai", "health", "admin", "seeds", "docs")
+            ],
             "paths": paths,
             "components": {
                 "schemas": schemas,

@@ -24,7 +24,8 @@ from web.protocols.openai_replies import (
 )
 from web.protocols.parsing import parse_model
 from web.responses import json_response
-from web.serving.openai import answer, chat_stream, completion_stream, stream
+from web.serving.answers import answer
+from web.serving.openai import chat_stream, completion_stream, stream
 
 bp = Blueprint("openai", __name__)
 

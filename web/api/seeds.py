@@ -8,30 +8,33 @@ issue wins (GET /models is the lightweight server's).
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, request
 
 from shared.errors import NotFound
 from shared.registry import ModelSpec
+from web.api import page
 from web.app_services import services
-from web.blocking import settle
 from web.bodies import json_body
 from web.protocols.openai import ChatCompletionRequest
 from web.protocols.parsing import parse_model
-from web.protocols.seeds import (
-    BitNetGenerate,
-    GenerateMedia,
-    GeneratePrompt,
-    SetModel,
-    bitnet_answer,
-    generate_media_answer,
-    lightweight_answer,
-    lightweight_models,
-    memory_status,
-    model_status,
-    restore_cache_answer,
-    set_model_answer,
+from web.protocols.seed_replies import (
+    BitNetAnswer,
+    EmergencyCleanup,
+    GenerateMediaAnswer,
+    LightweightAnswer,
+    LightweightModels,
+    MemoryStatus,
+    ModelStatus,
+    RestoreCacheAnswer,
+    Running,
+    SeedHealth,
+    SetModelAnswer,
+    TempCleanup,
+    TempStatus,
 )
+from web.protocols.seeds import BitNetGenerate, GenerateMedia, GeneratePrompt, SetModel
 from web.responses import json_response
+from web.serving.answers import answer
 
 bp = Blueprint("seeds", __name__)
 
@@ -50,89 +53,79 @@ def _spec(name: str | None) -> ModelSpec:
     return spec
 
 
-def _run(req):
-    svc = services()
-    with svc.holds.hold("wait"):
-        job = svc.jobs.submit(req, need_worker=True)
-        return settle(svc.jobs, job, svc.settings.sync_wait_s)
-
-
 @bp.get("/health")
 def health():
     catalog = services().catalog
     loaded = catalog.loaded()
     current = catalog.default_model("chat")
-    return jsonify(
-        {
-            "status": "healthy",
-            "message": "conveyor is running",
-            "model_loaded": bool(loaded),
-            "current_model": current and current.id,
-            "models_loaded": loaded,
-        }
+    return json_response(
+        SeedHealth(
+            model_loaded=bool(loaded), current_model=current and current.id, models_loaded=loaded
+        )
     )
 
 
 @bp.get("/")
 def index():
-    loaded = services().catalog.loaded()
-    return jsonify({"status": "running", "message": "conveyor is running", "models": loaded})
+    if page.wants_html():  # a browser: the page for people
+        return page.page()
+    return json_response(Running(models=services().catalog.loaded()))
 
 
 # the AI Model Server (seeds/002)
 @bp.post("/generate/<path:model>")
 def generate_with(model: str):
     req = parse_model(GenerateMedia, json_body())
-    return jsonify(generate_media_answer(_run(req.to_job_request(_spec(model)))))
+    return answer(req.to_job_request(_spec(model)), GenerateMediaAnswer.of)
 
 
 @bp.get("/admin/memory_status")
 def memory():
     svc = services()
-    return jsonify(memory_status(svc.fleet.workers(), svc.settings.worker_max_memory_mb))
+    report = MemoryStatus.of(svc.fleet.workers(), svc.settings.worker_max_memory_mb)
+    return json_response(report)
 
 
 @bp.get("/admin/model_status")
 def models_status():
     svc = services()
-    return jsonify(model_status(svc.catalog.models(), {s.id: s for s in svc.registry}))
+    return json_response(ModelStatus.of(svc.catalog.models(), {s.id: s for s in svc.registry}))
 
 
 @bp.post("/admin/emergency_cleanup")
 def emergency_cleanup():
-    svc = services()
-    notified = svc.housekeeping.free_worker_memory()
-    temp = svc.housekeeping.sweep_payloads().model_dump()
-    return jsonify({"status": "success", "workers_notified": notified, "temp": temp})
+    house = services().housekeeping
+    notified = house.free_worker_memory()
+    return json_response(EmergencyCleanup(workers_notified=notified, temp=house.sweep_payloads()))
 
 
 @bp.get("/admin/temp_status")
 def temp_status():
-    return jsonify({"status": "success", **services().housekeeping.payload_usage().model_dump()})
+    return json_response(TempStatus.of(services().housekeeping.payload_usage()))
 
 
 @bp.post("/admin/cleanup_temp")
 def cleanup_temp():
-    return jsonify({"status": "success", **services().housekeeping.sweep_payloads().model_dump()})
+    return json_response(TempCleanup.of(services().housekeeping.sweep_payloads()))
 
 
 # the lightweight model server (seeds/000)
 @bp.get("/models")
 def models():
-    return jsonify(lightweight_models(services().catalog.models()))
+    return json_response(LightweightModels.of(services().catalog.models()))
 
 
 @bp.post("/models/<path:name>/generate")
 def generate_named(name: str):
     req = parse_model(GeneratePrompt, json_body())
-    return jsonify(lightweight_answer(_run(req.to_job_request(_spec(name)))))
+    return answer(req.to_job_request(_spec(name)), LightweightAnswer.of)
 
 
 # the BitNet server (seeds/001); without `model`, the registry's default chat model
 @bp.post("/generate")
 def generate():
     req = parse_model(BitNetGenerate, json_body())
-    return jsonify(bitnet_answer(_run(req.to_job_request(_spec(req.model)))))
+    return answer(req.to_job_request(_spec(req.model)), BitNetAnswer.of)
 
 
 @bp.get("/model_info")
@@ -144,7 +137,8 @@ def model_info():
 @bp.post("/setModel")
 def set_model():
     req = parse_model(SetModel, json_body())
-    return jsonify(set_model_answer(services().catalog.select_chat_model(req.model_name), req))
+    spec = services().catalog.select_chat_model(req.model_name)
+    return json_response(SetModelAnswer.of(spec, req))
 
 
 @bp.post("/restore_cache")
@@ -152,5 +146,4 @@ def restore_cache():
     """Run the prompt for one token, so the model's prompt cache holds it."""
     req = parse_model(ChatCompletionRequest, json_body())
     req = req.model_copy(update={"max_completion_tokens": 1, "stream": False})
-    job_req = req.to_job_request(_spec(req.model).id)
-    return jsonify(restore_cache_answer(_run(job_req)))
+    return answer(req.to_job_request(_spec(req.model).id), RestoreCacheAnswer.of)

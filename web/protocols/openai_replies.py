@@ -8,30 +8,15 @@ from __future__ import annotations
 
 import base64
 import struct
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_serializer
+from pydantic import BaseModel, Field
 
 from shared.errors import ConveyorError
 from shared.jobs import JobRecord
+from web.protocols.wire import Reply
 
 _STATUS = {415: 400, 422: 400}  # OpenAI answers every invalid request with 400
-
-
-class Reply(BaseModel):
-    # Keys sent only when set (OpenAI leaves them out rather than sending null).
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
-
-    @model_serializer(mode="wrap")
-    def _leave_out_unset(self, handler):
-        data = handler(self)
-        for name in self.OPTIONAL - self.model_fields_set:
-            data.pop(name, None)
-        return data
-
-    def wire(self) -> dict[str, Any]:
-        """Return the JSON body."""
-        return self.model_dump(mode="json")
 
 
 # errors

@@ -12,7 +12,7 @@ from flask import Response
 from shared.errors import ConveyorError
 from shared.jobs import JobRecord, JobStatus
 from web.app_services import services
-from web.blocking import JobCanceledError, JobFailedError, settle
+from web.blocking import JobCanceledError, JobFailedError
 from web.protocols.jobs import JobRequest
 from web.protocols.openai_replies import (
     ChatCompletionChunk,
@@ -20,11 +20,10 @@ from web.protocols.openai_replies import (
     CompletionChunk,
     CompletionChunkChoice,
     OpenAIError,
-    Reply,
     Usage,
     finish_reason,
 )
-from web.responses import json_response
+from web.protocols.wire import Reply
 from web.service import JobService
 
 log = logging.getLogger(__name__)
@@ -34,26 +33,6 @@ KEEPALIVE = ": keep-alive\n\n"  # an SSE comment: clients skip it; a gone client
 # Longest gap between two keep-alives (CONVEYOR_SSE_HEARTBEAT_S when shorter): the second
 # write to a client that left fails, so its job is canceled within about twice this.
 KEEPALIVE_MAX_S = 5.0
-
-
-def answer(
-    job_request: JobRequest,
-    reply: Callable[[JobRecord], Reply | str],
-    files: dict[str, list[bytes]] | None = None,
-) -> Response:
-    """Submit a job, hold the request until it succeeds and answer with reply(job).
-
-    :raises ConveyorError: it could not be submitted, failed, was canceled or timed out.
-    """
-    svc = services()
-    with svc.holds.hold("wait"):
-        job = svc.jobs.submit(job_request, files, need_worker=True)
-        body = reply(settle(svc.jobs, job, svc.settings.sync_wait_s))
-    if isinstance(body, str):  # a transcription asked for as text
-        resp = Response(body, mimetype="text/plain")
-        resp.headers.update(job.headers())
-        return resp
-    return json_response(body, headers=job.headers())
 
 
 def stream(job_request: JobRequest, frames: Callable[..., Iterator[str]], **options) -> Response:
