@@ -164,13 +164,12 @@ class Supervisor:
         try:
             while not self.stopping:
                 started = time.monotonic()
-                # Its own session: a terminal's Ctrl-C reaches this process only, which passes
-                # it on once (a second SIGINT would make Celery's shutdown a cold one).
+                # In this process's session, so launchers that stop a worker's session
+                # (shared/processes/child.py) reach it too.
                 self.proc = subprocess.Popen(
                     self.command(),
                     env=child_env(self.settings, {"MALLOC_ARENA_MAX": self.arenas}),
                     preexec_fn=die_with_parent,
-                    start_new_session=True,
                 )
                 returncode = self.proc.wait()
                 if not self._after_exit(self.proc.pid, returncode):
@@ -183,9 +182,12 @@ class Supervisor:
 
     def _forward(self, signum, _frame) -> None:
         self.stopping = True
+        # SIGINT is passed on as SIGTERM, the same warm shutdown: a terminal's Ctrl-C also
+        # reaches the model process itself, and a second SIGINT would make it a cold one.
+        forward = signal.SIGTERM if signum == signal.SIGINT else signum
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signum)
+                self.proc.send_signal(forward)
 
     def _after_exit(self, pid: int, returncode: int) -> bool:
         """Handle the end of model process pid; return whether to start another."""
