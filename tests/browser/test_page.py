@@ -52,7 +52,8 @@ def png_bytes() -> bytes:
     return buf.getvalue()
 
 
-def test_content_negotiation(stack, page):
+def test_content_negotiation(stack):
+    """API clients keep the JSON of `GET /`; browsers get the page (no browser needed)."""
     api = requests.get(stack.url + "/", timeout=10)
     assert api.headers["Content-Type"].startswith("application/json")
     assert api.json()["status"] == "running"
@@ -64,7 +65,10 @@ def test_content_negotiation(stack, page):
     assert html.headers["Content-Type"].startswith("text/html")
     assert "Accept" in html.headers["Vary"]
     assert "<title>conveyor</title>" in html.text
+    assert requests.get(stack.url + "/static/page.js", timeout=10).status_code == 200
 
+
+def test_the_browser_gets_the_page(stack, page):
     response = page.goto(stack.url + "/")
     assert response.headers["content-type"].startswith("text/html")
     assert page.title() == "conveyor"
