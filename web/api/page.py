@@ -52,12 +52,6 @@ def favicon():
     return send_from_directory(current_app.static_folder, "favicon.svg", mimetype="image/svg+xml")
 
 
-@bp.before_app_request
-def _negotiate():
-    """`GET /` from a browser gets the page; API clients go on to the JSON view (seeds)."""
-    return page() if is_page_request() else None
-
-
 @bp.after_app_request
 def _vary_on_accept(resp: Response) -> Response:
     """`/` answers HTML or JSON by Accept: caches must keep the two apart."""
