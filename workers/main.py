@@ -29,6 +29,7 @@ import redis
 
 from shared.config import Settings
 from shared.errors import ConveyorError
+from shared.hub import ensure_weights
 from shared.processes.child import child_env, die_with_parent
 from shared.registry import ModelSpec, load_registry, resolve_source
 from shared.store.jobs import JobStore, connect
@@ -260,6 +261,7 @@ def run_worker(
             f"model {model!r} is not in {settings.registry}; known: {[s.id for s in registry]}"
         )
     try:
+        ensure_weights(spec, settings)  # CONVEYOR_AUTO_PULL
         resolve_source(spec)
     except ConveyorError as exc:
         raise WorkerStartError(exc.message) from None
