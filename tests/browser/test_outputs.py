@@ -15,7 +15,7 @@ import yaml
 from shared.config import DEFAULT_REGISTRY
 from shared.store.fleet import Fleet
 from tests.browser.conftest import Stack
-from tests.browser.test_page import choose, job_id, wait_status
+from tests.browser.pages import choose, job_id, wait_status
 from tests.conftest import wait_for
 from tests.integration import media_samples
 from tests.integration.tiny_models import build_bert_classifier, build_blip_vqa, build_whisper
