@@ -39,7 +39,8 @@ K8S = ROOT / "docs" / "kubernetes"
 BASE = K8S / "base"
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
 KEDA = "keda.sh/v1alpha1"
-KUSTOMIZE_FIELDS = {"apiVersion", "kind", "resources", "labels", "images", "patches"}
+KUSTOMIZE_FIELDS = {"apiVersion", "kind", "namespace", "resources", "labels", "images", "patches"}
+CLUSTER_WIDE = {"Namespace"}
 PREFIX = "CONVEYOR_"
 
 
@@ -87,6 +88,10 @@ def render(folder: Path) -> list[dict]:
                 docs.remove(targets[0])
             else:
                 merge(targets[0], {k: v for k, v in patch.items() if k != "apiVersion"})
+    if "namespace" in kustomization:
+        for doc in docs:
+            if doc["kind"] not in CLUSTER_WIDE:
+                doc["metadata"]["namespace"] = kustomization["namespace"]
     for label in kustomization.get("labels", []):
         for doc in docs:
             doc["metadata"].setdefault("labels", {}).update(label["pairs"])
@@ -134,6 +139,14 @@ def selects(selector: dict, labels: dict[str, str]) -> bool:
 
 
 # ---------------------------------------------------------------- kustomize and schemas
+
+
+def test_everything_lives_in_the_namespace_the_kustomization_names():
+    namespace = yaml.safe_load((BASE / "kustomization.yaml").read_text())["namespace"]
+    assert of_kind("Namespace").keys() == {namespace}
+    for doc in base():
+        if doc["kind"] not in CLUSTER_WIDE:
+            assert doc["metadata"]["namespace"] == namespace, key(doc)
 
 
 def test_the_base_kustomization_lists_every_manifest():
@@ -430,7 +443,9 @@ def test_each_model_has_one_pdb_and_one_scaled_object_on_its_queues_lists():
     budgets, scalers = of_kind("PodDisruptionBudget"), of_kind("ScaledObject")
     auths, secrets = of_kind("TriggerAuthentication"), of_kind("Secret")
     redis = of_kind("Service")["redis"]
-    address = f"{redis['metadata']['name']}:{redis['spec']['ports'][0]['port']}"
+    # KEDA's operator reads the lists from its own namespace: the full DNS name of the Service.
+    service, namespace = redis["metadata"]["name"], redis["metadata"]["namespace"]
+    address = f"{service}.{namespace}.svc:{redis['spec']['ports'][0]['port']}"
     models = registry()
     assert selects(budgets["web"]["spec"]["selector"], pod_labels(of_kind("Deployment")["web"]))
     for model, deployment in workers().items():
