@@ -1,11 +1,11 @@
 """Static checks of the Kubernetes manifests (docs/kubernetes), as test_deploy_files.py does
 for compose: no cluster is needed.
 
-The kustomizations are rendered here in Python (the subset of kustomize they use:
-resources, labels, images, and strategic-merge patches that delete or merge). Every
+The kustomizations are rendered in Python (kubernetes_render.py: the subset of kustomize
+they use, since no kustomize binary comes from PyPI). Every
 Kubernetes object then passes the Kubernetes JSON schemas (kubernetes-validate, strict: an
 unknown field fails); KEDA's ScaledObject and TriggerAuthentication are custom resources,
-so their fields are checked against a schema written here from KEDA's CRD. Images,
+so their fields are checked against the fields of KEDA's CRDs (kubernetes_render.py). Images,
 commands, environment names, settings and queue names are looked up in the code.
 """
 
