@@ -2,11 +2,11 @@
 for compose: no cluster is needed.
 
 The kustomizations are rendered in Python (kubernetes_render.py: the subset of kustomize
-they use, since no kustomize binary comes from PyPI). Every
-Kubernetes object then passes the Kubernetes JSON schemas (kubernetes-validate, strict: an
-unknown field fails); KEDA's ScaledObject and TriggerAuthentication are custom resources,
-so their fields are checked against the fields of KEDA's CRDs (kubernetes_render.py). Images,
-commands, environment names, settings and queue names are looked up in the code.
+they use, since no kustomize binary comes from PyPI). Every Kubernetes object then passes
+the Kubernetes JSON schemas (kubernetes-validate, strict: an unknown field fails); KEDA's
+ScaledObject and TriggerAuthentication are custom resources, so they are checked against
+the fields of KEDA's CRDs (kubernetes_render.py). Images, commands, environment names,
+settings and queue names are looked up in the code.
 """
 
 from __future__ import annotations
