@@ -8,12 +8,17 @@ AWS_* environment variables that boto reads.
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
-import boto3
 import pytest
 import requests
+
+try:
+    import boto3
+except ImportError as exc:  # a missing prerequisite fails, saying how to get it
+    raise ImportError("boto3 is missing: `make install` (the dev extra: s3fs, moto)") from exc
 
 from shared.processes.redis_server import free_port
 from tests.conftest import wait_for
@@ -32,6 +37,8 @@ IDLE = "tiny-blip-vqa-idle"  # registered, never served
 def s3_endpoint(tmp_path_factory):
     """Start moto's S3 server on a loopback port; put its endpoint and test credentials in
     this process's environment, which the web and worker processes inherit."""
+    for module, package in (("moto", "moto[server]"), ("s3fs", "s3fs")):
+        assert importlib.util.find_spec(module), f"{package} is missing: `make install` (dev extra)"
     port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "wb") as out:

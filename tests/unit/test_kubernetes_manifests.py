@@ -18,9 +18,13 @@ import re
 from functools import cache
 from pathlib import Path
 
-import kubernetes_validate
 import pytest
 import yaml
+
+try:
+    import kubernetes_validate
+except ImportError as exc:  # a missing prerequisite fails, saying how to get it
+    raise ImportError("kubernetes-validate is missing: `make install` (the dev extra)") from exc
 
 from shared.celery_app import broker_keys, job_time_limits
 from shared.config import Settings
