@@ -10,6 +10,7 @@ import requests
 from PIL import Image
 
 from tests.browser.pages import BROWSER_ACCEPT, choose, job_id, open_page, wait_status
+from tests.conftest import consumer_paused
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -111,6 +112,23 @@ def test_cancel_a_long_echo_job(stack, page):
     job = requests.get(f"{stack.url}/v1/jobs/{job_id(page)}", timeout=10).json()
     assert job["status"] == "canceled"
     assert page.get_by_role("button", name="Cancel").is_disabled()
+
+
+def test_queue_wait_shows_while_queued_and_a_queued_job_cancels(stack, page):
+    open_page(page, stack.url)
+    choose(page, "echo", "echo")
+    page.get_by_label("Input (JSON object").fill('{"note": "waits"}')
+    with consumer_paused(stack.settings, "echo"):  # online, but taking no job
+        page.get_by_role("button", name="Run").click()
+        wait_status(page, "queued", 30)
+        page.wait_for_function(
+            "() => /^[0-9.]+ s so far, 0 ahead/.test("
+            "document.getElementById('stat-queue').textContent)"
+        )
+        page.get_by_role("button", name="Cancel").click()
+        wait_status(page, "canceled", 20)
+    job = requests.get(f"{stack.url}/v1/jobs/{job_id(page)}", timeout=10).json()
+    assert job["status"] == "canceled" and job["started_at"] is None
 
 
 def test_fleet_view_shows_the_workers_and_updates_live(stack, page):

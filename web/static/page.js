@@ -297,7 +297,9 @@
       setStatus(job.status, job.status);
       run.queueTimer = setInterval(() => {
         if (!run.runningAt && !isTerminal(run.status)) {
-          $("stat-queue").textContent = `${R.fmtSeconds((performance.now() - run.submitAt) / 1000)} so far`;
+          const waited = R.fmtSeconds((performance.now() - run.submitAt) / 1000);
+          const ahead = typeof job.queue_position === "number" ? `, ${job.queue_position} ahead at submit` : "";
+          $("stat-queue").textContent = `${waited} so far${ahead}`;
         }
       }, 250);
       await api.follow(job.id, (frame) => onEvent(run, frame, payload.task), state.abort.signal);
