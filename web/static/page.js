@@ -102,7 +102,8 @@
         ? "no worker online yet: a job starts one (it loads the model first)"
         : `no worker online: jobs wait in the queue (start one: conveyor worker --model ${m.id})`;
     }
-    $("model-info").textContent = `${m.description || m.backend}. Tasks: ${m.tasks.join(", ")}. ${live}. Queue: ${m.queue_depth}.`;
+    const info = `${m.description || m.backend}. Tasks: ${m.tasks.join(", ")}. ${live}. Queue: ${m.queue_depth}.`;
+    if ($("model-info").textContent !== info) $("model-info").textContent = info; // announced once
   }
 
   function onModelChange(keepTask) {
