@@ -1,10 +1,18 @@
-"""llama.cpp backend: GGUF chat and completion with token streaming and cancellation."""
+"""llama.cpp backend: GGUF chat and completion, many jobs at once in one continuous batch.
+
+Jobs run in the batch engine (llama_batch.py) from their own threads; what the batch cannot
+run goes to its side path, still on the engine thread:
+- chats with `tools` (llama-cpp-python's tool-call handling),
+- every job of a model with `options.cache` (llama-cpp-python's prompt cache),
+- chat formats whose handler does more than render a prompt.
+"""
 
 from __future__ import annotations
 
-import itertools
 import logging
+import queue
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -12,16 +20,28 @@ from shared.errors import InputRejected, ModelNotAvailable
 from shared.inputs import ChatInput, CompleteInput
 from shared.registry import resolve_source
 from workers.backends.base import Backend, JobContext, Result, tokens_per_second, warm_up
+from workers.backends.llama_batch import BatchEngine, Request, SideJob
+from workers.backends.llama_prompts import NotBatchable, chat_request, completion_request
 from workers.cpu import default_threads, extra_buffers_enabled, read_cpu
 
 log = logging.getLogger(__name__)
 
+# How often a job thread waiting for its next token looks at cancel and deadline.
+POLL_S = 0.05
+
 
 class LlamaCppBackend(Backend):
     tasks = ("chat", "complete")
+    default_max_concurrency = 8
 
     def load(self) -> None:
-        """Open the GGUF file with llama-cpp-python and warm it up. :raises ModelNotAvailable:"""
+        """Open the GGUF file on the engine thread and warm it up. :raises ModelNotAvailable:"""
+        self.load_model()
+        warm_up(self.spec, self.warm_up)
+        self.loaded = True
+
+    def load_model(self) -> None:
+        """Start the batch engine: one context of n_ctx cells per slot, max_concurrency slots."""
         try:
             from llama_cpp import Llama
         except ImportError as exc:
@@ -36,42 +56,59 @@ class LlamaCppBackend(Backend):
             extra = extra_buffers_enabled(str(opts.get("extra_buffers") or "auto"), cpu)
         except ValueError as exc:
             raise ModelNotAvailable(f"model {self.spec.id}: options.{exc}") from None
-        with _extra_buffer_types(extra):
-            self.llm = Llama(
-                model_path=str(path),
-                n_ctx=int(opts.get("n_ctx") or 2048),
-                n_threads=threads,
-                n_threads_batch=int(opts.get("n_threads_batch") or threads),
-                n_batch=int(opts.get("n_batch") or 512),
-                n_gpu_layers=int(opts.get("n_gpu_layers") or 0),
-                chat_format=opts.get("chat_format") or None,
-                seed=int(opts.get("seed", 0xFFFFFFFF)),
-                verbose=False,
-            )
+        if opts.get("cache") not in (None, "", "ram", "disk"):
+            raise ValueError(f"model {self.spec.id}: options.cache must be ram or disk")
+        n_ctx = int(opts.get("n_ctx") or 2048)
+        n_batch = int(opts.get("n_batch") or 512)
+
+        def open_llm():
+            with _extra_buffer_types(extra):
+                llm = Llama(
+                    model_path=str(path),
+                    n_ctx=n_ctx,
+                    n_threads=threads,
+                    n_threads_batch=int(opts.get("n_threads_batch") or threads),
+                    n_batch=n_batch,
+                    n_gpu_layers=int(opts.get("n_gpu_layers") or 0),
+                    chat_format=opts.get("chat_format") or None,
+                    seed=int(opts.get("seed", 0xFFFFFFFF)),
+                    verbose=False,
+                )
+            self._set_prompt_cache(llm, opts)
+            return llm
+
+        self.engine = BatchEngine(
+            open_llm, slots=self.max_concurrency, n_ctx=n_ctx, n_batch=n_batch
+        )
+        self.engine.start()
+        self.llm = self.engine.llm
+        self.n_ctx = n_ctx
+        self.side_only = bool(opts.get("cache"))
         self.cpu = {**cpu.describe(), "threads": threads, "extra_buffers": extra}
+        self.path = path
         log.info(
-            "model %s: llama.cpp on %s with %s threads, extra buffer types %s",
+            "model %s: llama.cpp on %s with %s threads, extra buffer types %s, %s slots of "
+            "%s tokens",
             self.spec.id,
             cpu.model_name,
             threads,
             "on" if extra else "off",
+            self.max_concurrency,
+            n_ctx,
         )
-        self._set_prompt_cache(opts)
-        self.path = path
-        warm_up(self.spec, self._warm_up)
-        self.loaded = True
 
-    def _warm_up(self) -> None:
+    def warm_up(self) -> None:
         """Generate two tokens the way a job does, then forget them."""
         if "chat" in self.spec.tasks:
-            self.llm.create_chat_completion(
-                messages=[{"role": "user", "content": "Hello"}], max_tokens=2, temperature=0
+            self.chat(
+                ChatInput(messages=[{"role": "user", "content": "Hello"}], max_tokens=2), None
             )
         else:
-            self.llm.create_completion("Hello", max_tokens=2, temperature=0)
-        self.llm.reset()
+            self.complete(CompleteInput(prompt="Hello", max_tokens=2), None)
+        self.engine.call(self.engine.clear)
+        self.engine.call(self.llm.reset)
 
-    def _set_prompt_cache(self, opts: dict[str, Any]) -> None:
+    def _set_prompt_cache(self, llm, opts: dict[str, Any]) -> None:
         """Reuse evaluated prompt prefixes across jobs: `cache: ram | disk` in options."""
         kind = opts.get("cache")
         if not kind:
@@ -80,26 +117,26 @@ class LlamaCppBackend(Backend):
 
         capacity = int(opts.get("cache_capacity_bytes") or 1 << 30)
         if kind == "ram":
-            self.llm.set_cache(LlamaRAMCache(capacity_bytes=capacity))
-        elif kind == "disk":
+            llm.set_cache(LlamaRAMCache(capacity_bytes=capacity))
+        else:
             folder = opts.get("cache_dir") or str(
                 self.settings.data_dir / "llama-cache" / self.spec.id
             )
-            self.llm.set_cache(LlamaDiskCache(cache_dir=folder, capacity_bytes=capacity))
-        else:
-            raise ValueError(f"model {self.spec.id}: options.cache must be ram or disk")
+            llm.set_cache(LlamaDiskCache(cache_dir=folder, capacity_bytes=capacity))
 
     def health(self) -> dict[str, Any]:
         info = super().health()
         if self.loaded:
-            info.update(path=str(self.path), n_ctx=self.llm.n_ctx(), cpu=self.cpu)
+            info.update(
+                path=str(self.path), n_ctx=self.n_ctx, slots=self.max_concurrency, cpu=self.cpu
+            )
         return info
 
     def close(self) -> None:
-        llm = getattr(self, "llm", None)
-        if llm is not None:
-            llm.close()
-            self.llm = None
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
+            self.engine = self.llm = None
         super().close()
 
     def _params(self, inputs: ChatInput | CompleteInput) -> dict[str, Any]:
@@ -114,18 +151,25 @@ class LlamaCppBackend(Backend):
             "repeat_penalty": p["repeat_penalty"],
         }
 
-    def _count_prompt(self, text: str) -> int:
-        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
-
-    def chat(self, inputs: ChatInput, ctx: JobContext) -> Result:
-        """Chat from OpenAI-style messages; tools go to the chat handler."""
+    def chat(self, inputs: ChatInput, ctx: JobContext | None) -> Result:
+        """Chat from OpenAI-style messages; tools go to the side path."""
         messages = inputs.text_messages(self.spec.id, self.spec.options.get("system_prompt"))
         params = self._params(inputs)
+        if not inputs.tools and not self.side_only:
+            try:
+                request = chat_request(
+                    self.llm, self.n_ctx, messages, inputs.response_format, params
+                )
+            except NotBatchable as why:
+                log.debug("model %s: chat on the side path: %s", self.spec.id, why)
+            else:
+                return self._run_batch(request, ctx)
         deltas = _ChatDeltas()
-        try:
+
+        def start():
             # Streamed even with tools or a response format, so a cancel or deadline stops
             # it between tokens like any other chat.
-            stream = self.llm.create_chat_completion(
+            return self.llm.create_chat_completion(
                 messages=messages,
                 stream=True,
                 tools=inputs.tools,
@@ -133,59 +177,95 @@ class LlamaCppBackend(Backend):
                 response_format=inputs.response_format,
                 **params,
             )
-        except ValueError as exc:  # a schema or tool choice llama.cpp cannot use
-            raise InputRejected(f"llama.cpp rejected the request: {exc}") from None
-        result = self._consume(stream, ctx, deltas)
+
+        result = self._run_side(SideJob(start), ctx, deltas)
         if deltas.tool_calls:
             result.output["tool_calls"] = [deltas.tool_calls[i] for i in sorted(deltas.tool_calls)]
         return result
 
-    def complete(self, inputs: CompleteInput, ctx: JobContext) -> Result:
+    def complete(self, inputs: CompleteInput, ctx: JobContext | None) -> Result:
         """Continue a raw prompt."""
         params = self._params(inputs)
-        stream = self.llm.create_completion(prompt=inputs.prompt, stream=True, **params)
-        result = self._consume(stream, ctx, _completion_delta)
-        result.metrics["prompt_tokens"] = self._count_prompt(inputs.prompt)
+        if not self.side_only:
+            return self._run_batch(
+                completion_request(self.llm, self.n_ctx, inputs.prompt, params), ctx
+            )
+
+        def start():
+            return self.llm.create_completion(prompt=inputs.prompt, stream=True, **params)
+
+        result = self._run_side(SideJob(start), ctx, _completion_delta)
+        result.metrics["prompt_tokens"] = len(
+            self.llm.tokenize(inputs.prompt.encode("utf-8"), add_bos=True, special=True)
+        )
         return result
 
-    def _consume(self, stream, ctx: JobContext, delta_of) -> Result:
-        """Drain a llama.cpp stream: emit tokens, stop between tokens when asked."""
-        parts: list[str] = []
-        finish = None
-        completion = 0
+    def _run_batch(self, request: Request, ctx: JobContext | None) -> Result:
+        """Run a job in the batch and stream its text from this (the job's) thread."""
         t0 = time.perf_counter()
-        try:
-            with _PromptAbort(self.llm, ctx) as abort:
-                try:
-                    first = _first(stream)
-                except RuntimeError:  # llama_decode returned 2: the hook stopped it
-                    if not abort.fired:
-                        raise
-                    self._forget_context()
-                    first = iter(())
-                    finish = "canceled" if ctx.canceled else "timeout"
-            for chunk in first:
-                text, produced = delta_of(chunk)
+        self.engine.submit(request)
+        parts: list[str] = []
+        finish, produced = "stop", 0
+        for event in _events(request, ctx):
+            if event[0] == "text":
+                parts.append(event[1])
+                if ctx is not None:
+                    ctx.token(event[1])
+            elif event[0] == "end":
+                finish, produced = event[1], event[2]
+            else:
+                if isinstance(event[1], ValueError):  # a grammar llama.cpp cannot parse
+                    raise InputRejected(f"llama.cpp rejected the request: {event[1]}")
+                raise event[1]
+        elapsed = time.perf_counter() - t0
+        output = {"text": "".join(parts), "finish_reason": finish}
+        return Result(output, _metrics(len(request.tokens), produced, elapsed))
+
+    def _run_side(self, job: SideJob, ctx: JobContext | None, delta_of) -> Result:
+        """Run a job through Llama's own stream on the engine's side path."""
+        t0 = time.perf_counter()
+        self.engine.submit(job)
+        parts: list[str] = []
+        finish, completion, n_tokens = None, 0, 0
+        for event in _events(job, ctx):
+            if event[0] == "chunk":
+                text, produced = delta_of(event[1])
                 if text:
                     parts.append(text)
-                    ctx.token(text)
+                    if ctx is not None:
+                        ctx.token(text)
                 completion += produced
-                finish = chunk["choices"][0].get("finish_reason") or finish
-                if ctx.should_stop():
-                    finish = "canceled" if ctx.canceled else "timeout"
-                    break
-        finally:
-            stream.close()
+                finish = event[1]["choices"][0].get("finish_reason") or finish
+            elif event[0] == "end":
+                finish, n_tokens = event[1] or finish, event[2]
+            elif isinstance(event[1], ValueError) and job.chunks == 0:
+                if job.stream is None:  # a schema or tool choice llama.cpp cannot use
+                    raise InputRejected(f"llama.cpp rejected the request: {event[1]}")
+                raise InputRejected(
+                    f"the prompt does not fit the model's context window: {event[1]}"
+                )
+            else:
+                raise event[1]
         elapsed = time.perf_counter() - t0
         # llama.cpp keeps prompt + generated tokens in its context; the rest is the prompt.
-        prompt = max(0, self.llm.n_tokens - completion) if self.llm.n_tokens else None
+        prompt = max(0, n_tokens - completion) if n_tokens else None
         output = {"text": "".join(parts), "finish_reason": finish or "stop"}
         return Result(output, _metrics(prompt, completion, elapsed))
 
-    def _forget_context(self) -> None:
-        """Drop what an aborted evaluation left in the context; the next job starts clean."""
-        self.llm.reset()
-        self.llm._ctx.kv_cache_clear()
+
+def _events(job: Request | SideJob, ctx: JobContext | None) -> Iterator[tuple]:
+    """Yield a job's events until its end; cancel it in the engine when the job should stop."""
+    while True:
+        try:
+            event = job.events.get(timeout=POLL_S)
+        except queue.Empty:
+            event = None
+        if ctx is not None and job.stop_reason is None and ctx.should_stop():
+            job.cancel("canceled" if ctx.canceled else "timeout")
+        if event is not None:
+            yield event
+            if event[0] in ("end", "error"):
+                return
 
 
 @contextmanager
@@ -209,37 +289,6 @@ def _extra_buffer_types(enabled: bool):
         yield
     finally:
         lib.llama_model_default_params = defaults
-
-
-class _PromptAbort:
-    """Stop llama.cpp's prompt evaluation when the job should stop.
-
-    Evaluating a prompt is one long call into llama.cpp, so a cancel or a deadline would
-    otherwise land only at the first generated token. llama.cpp calls this hook between
-    the nodes of its compute graph; it is removed once the first chunk is out, so token
-    generation pays nothing for it.
-    """
-
-    def __init__(self, llm, ctx: JobContext) -> None:
-        import llama_cpp
-
-        self._lib = llama_cpp
-        self._context = llm._ctx.ctx
-        self._job = ctx
-        self.fired = False
-        self._hook = llama_cpp.ggml_abort_callback(self._check)  # kept alive while set
-
-    def _check(self, _data) -> bool:
-        if not self.fired and self._job.should_stop():
-            self.fired = True
-        return self.fired
-
-    def __enter__(self) -> _PromptAbort:
-        self._lib.llama_set_abort_callback(self._context, self._hook, None)
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._lib.llama_set_abort_callback(self._context, self._lib.ggml_abort_callback(), None)
 
 
 def _completion_delta(chunk) -> tuple[str | None, bool]:
@@ -270,20 +319,6 @@ class _ChatDeltas:
             slot["function"]["arguments"] += fn.get("arguments") or ""
         text = delta.get("content")
         return text, bool(text) or bool(calls)
-
-
-def _first(stream):
-    """Start a stream; llama.cpp rejects a prompt over the context window on the first step.
-
-    :raises InputRejected: when the prompt does not fit.
-    """
-    try:
-        head = next(stream)
-    except StopIteration:
-        return iter(())
-    except ValueError as exc:  # raised by llama-cpp-python for prompts over n_ctx
-        raise InputRejected(f"the prompt does not fit the model's context window: {exc}") from None
-    return itertools.chain([head], stream)
 
 
 def _metrics(prompt: int | None, completion: int, elapsed: float) -> dict[str, Any]:
