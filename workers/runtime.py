@@ -109,11 +109,7 @@ class WorkerRuntime:
         """Load the model and start publishing this worker's heartbeat."""
         t0 = time.perf_counter()
         self.backend.load()
-        # What is alive now (imports, Celery, the model) lives as long as the process. Freeze
-        # it so the gc.collect() after a batch scans only what jobs allocated: a full pass
-        # over all of it cost 50-90 ms, more than an echo job's whole round trip.
-        gc.collect()
-        gc.freeze()
+        self.freeze_heap()
         self.load_seconds = round(time.perf_counter() - t0, 3)
         log.info(
             "worker %s model %s loaded in %.2fs (up to %s jobs at once)",
@@ -127,6 +123,18 @@ class WorkerRuntime:
         threading.Thread(target=self._listen, name="conveyor-commands", daemon=True).start()
         threading.Thread(target=self._renew_leases, name="conveyor-lease", daemon=True).start()
         self.slots.watch(self.stop, self._hard_limit)
+
+    @staticmethod
+    def freeze_heap() -> None:
+        """Keep what is alive now out of every later gc pass.
+
+        What is alive after load (imports, the model) and once Celery's worker is up (its
+        consumer, bootsteps, kombu) lives as long as the process. Frozen, the gc.collect()
+        after a batch scans only what jobs allocated: a full pass over all of it cost 50-90
+        ms, and unfrozen Celery objects cut echo jobs from 580 to 70 a second.
+        """
+        gc.collect()
+        gc.freeze()
 
     def shutdown(self) -> None:
         self.stop.set()

@@ -64,6 +64,7 @@ def build_app(settings: Settings, registry: Registry, runtime: WorkerRuntime) ->
                 app.control.cancel_consumer(queue, destination=[consumer.hostname])
 
         runtime.stop_consuming = stop_consuming
+        runtime.freeze_heap()  # Celery's worker, now set up, lives as long as the process
 
     worker_ready.connect(on_ready, weak=False)
     return app
