@@ -128,6 +128,15 @@ class DynamicBatcher:
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
+    def describe(self) -> dict[str, Any]:
+        """Return the batching facts a worker publishes (admin views, tests)."""
+        return {
+            "max_batch": self.options.max_batch,
+            "batch_wait_ms": self.options.wait_s * 1000,
+            "passes": self.batches,
+            "items": self.items,
+        }
+
     # the job's side
     def stream(
         self, items: list[Any], ctx: JobContext | None, *, key: Hashable = None

@@ -54,11 +54,7 @@ class ClassifierBackend(HFBackend):
     def health(self) -> dict[str, Any]:
         info = super().health()
         if self.loaded:
-            info["labels"] = self.labels
-            info.update(
-                max_batch=self.batcher.options.max_batch,
-                batch_wait_ms=self.batcher.options.wait_s * 1000,
-            )
+            info.update(labels=self.labels, batching=self.batcher.describe())
         return info
 
     def close(self) -> None:

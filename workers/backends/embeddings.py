@@ -62,8 +62,7 @@ class EmbeddingsBackend(Backend):
                 device=self.device,
                 quantization=self.spec.quantization,
                 max_seq_length=self.model.max_seq_length,
-                max_batch=self.batcher.options.max_batch,
-                batch_wait_ms=self.batcher.options.wait_s * 1000,
+                batching=self.batcher.describe(),
             )
         return info
 

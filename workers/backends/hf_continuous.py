@@ -8,9 +8,10 @@ then reads its own tokens from a queue this module's router fills: it streams th
 `ctx.token`, cuts at stop strings and cancels its request when the job stops.
 
 Sampling is per request: temperature, top_p and top_k are the manager's per-request
-logits processors (greedy is top_k 1). A request the batch cannot honour (a seed, a
-repeat penalty other than 1) runs on the side: the manager pauses between steps, the job
-runs plain `generate()`, and the batch resumes where it was.
+logits processors (greedy is top_k 1), and the repeat penalty is one of ours
+(RepeatPenalty, the same arithmetic as generate()'s). A request the batch cannot honour
+(a seed: the batch shares one random generator) runs on the side: the manager pauses
+between steps, the job runs plain `generate()`, and the batch resumes where it was.
 """
 
 from __future__ import annotations
@@ -40,7 +41,48 @@ MAX_BATCH_TOKENS = 256  # tokens per step: the prefill chunk a long prompt is cu
 
 def batchable(params: dict[str, Any]) -> bool:
     """Return whether a job's sampling runs inside the batch (else on the side path)."""
-    return params.get("seed") is None and float(params["repeat_penalty"]) == 1.0
+    return params.get("seed") is None
+
+
+def repeat_penalty_processor():
+    """Return a per-request repetition penalty for the continuous batch.
+
+    The manager's processors get one number per request; the tokens each request has
+    seen are kept by prepare_tensor_args for the __call__ of the same step (the manager
+    runs them in that order on its thread, with async batching off).
+    """
+    from transformers.generation.continuous_batching.cb_logits_processors import (
+        ContinuousBatchingLogitsProcessor,
+    )
+
+    class RepeatPenalty(ContinuousBatchingLogitsProcessor):
+        supported_kwargs = {"repeat_penalty": float}
+        ignored_kwargs = ()
+
+        def __init__(self) -> None:
+            self.seen: list[list[int]] = []
+
+        def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
+            int32_tensor.copy_(torch.ones_like(int32_tensor, dtype=torch.float32).view(torch.int32))
+
+        def prepare_tensor_args(self, requests_with_new_token) -> torch.Tensor:
+            states = [r.state for r in requests_with_new_token]
+            self.seen = [s.initial_tokens + s.generated_tokens for s in states]
+            values = [float(s.logit_processor_kwargs.get("repeat_penalty", 1.0)) for s in states]
+            return torch.tensor(values, dtype=torch.float32).view(torch.int32)
+
+        def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
+            penalties = tensor_arg[: scores.size(0)].view(torch.float32).tolist()
+            for row, (penalty, seen) in enumerate(zip(penalties, self.seen, strict=False)):
+                if penalty == 1.0 or not seen:
+                    continue
+                ids = torch.tensor(seen, device=scores.device)
+                score = scores[row].gather(0, ids)
+                score = torch.where(score < 0, score * penalty, score / penalty)
+                scores[row].scatter_(0, ids, score)
+            return scores
+
+    return RepeatPenalty()
 
 
 class ContinuousGenerator:
@@ -80,10 +122,15 @@ class ContinuousGenerator:
             max_batch_tokens=step_tokens,
             max_requests_per_batch=slots,
             use_cuda_graph=None if model.device.type == "cuda" else False,
+            use_async_batching=False,  # RepeatPenalty reads the step it prepared
         )
         self.manager = model.init_continuous_batching(
             generation_config=config, continuous_batching_config=cb_config
         )
+        processors = self.manager.logit_processor
+        processors.logits_processor.insert(0, repeat_penalty_processor())  # first, as generate()
+        processors.tensors_required += 1
+        processors._retrieve_processors_kwargs()
         with torch.inference_mode():  # the manager's thread takes the caller's mode
             self.manager.start()
         self._waiting: dict[str, queue.SimpleQueue] = {}
@@ -91,6 +138,8 @@ class ContinuousGenerator:
         self._ids = itertools.count()
         self._side = threading.Lock()
         self._closed = threading.Event()
+        self.batched = 0  # jobs run inside the batch, and beside it (health, tests)
+        self.beside = 0
         self._router = threading.Thread(target=self._route, name="cb-router", daemon=True)
         self._router.start()
         log.info(
@@ -109,11 +158,13 @@ class ContinuousGenerator:
     def side(self, run: Callable[[], Result]) -> Result:
         """Run a job the batch cannot take while the batch waits between steps."""
         with self._side, self.manager.pause():
+            self.beside += 1
             return run()
 
     def generate(self, input_ids: list[int], params: dict[str, Any], ctx: JobContext) -> Result:
         """Generate inside the running batch, streaming this job's tokens from its thread."""
         rid = f"{ctx.job_id}#{next(self._ids)}"
+        self.batched += 1
         inbox: queue.SimpleQueue = queue.SimpleQueue()
         with self._lock:
             self._waiting[rid] = inbox
@@ -124,6 +175,7 @@ class ContinuousGenerator:
                 "top_p": float(params["top_p"]),
                 "top_k": int(params["top_k"] or self.vocab),
             }
+        sampling["repeat_penalty"] = float(params.get("repeat_penalty") or 1.0)
         text = _Text(self.tokenizer, params["stop"], ctx)
         tokens: list[int] = []
         finished = False
@@ -140,8 +192,10 @@ class ContinuousGenerator:
                 try:
                     out = inbox.get(timeout=POLL_S)
                 except queue.Empty:
-                    if ctx.should_stop():
-                        break
+                    out = None
+                if ctx.should_stop():
+                    break
+                if out is None:
                     continue
                 if out.error:
                     raise JobFailure(f"generation failed: {out.error}", type="generation_failed")

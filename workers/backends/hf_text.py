@@ -69,7 +69,10 @@ class TransformersTextBackend(HFBackend):
     def health(self) -> dict[str, Any]:
         info = super().health()
         if self.loaded:
-            info["continuous_batching"] = self.continuous is not None
+            cb = self.continuous
+            info["continuous_batching"] = (
+                {"jobs_in_batch": cb.batched, "jobs_beside": cb.beside} if cb else False
+            )
         return info
 
     def close(self) -> None:
