@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 
-from bench import generation, held_streams, queue_overhead
+from bench import embeddings, generation, held_streams, queue_overhead
 from bench.procs import StartFailed
 from bench.report import machine, table
 from bench.stack import Stack
@@ -19,7 +19,7 @@ from shared.processes.gunicorn import raise_open_files_limit
 
 log = logging.getLogger("bench")
 
-BENCHMARKS = ("queue", "generation", "held")
+BENCHMARKS = ("queue", "generation", "held", "embeddings")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -31,7 +31,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "queue (echo job over HTTP vs a bare Celery no-op) and generation "
         "(SmolLM2 through conveyor vs bare llama-cpp-python), and held (thousands "
         "of SSE clients and Prefer: wait requests held by one web process, with "
-        "health and submit latency meanwhile). Only the ratios mean something on "
+        "health and submit latency meanwhile), and embeddings (32 clients, one text "
+        "each, MiniLM batched vs one job at a time). Only the ratios mean something on "
         "a busy machine. See docs/benchmarks.md.",
     )
     parser.add_argument(
@@ -110,6 +111,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="a few rounds only: checks the benchmark runs, not the numbers",
     )
+    emb = embeddings.EmbeddingsOptions()
+    parser.add_argument(
+        "--emb-jobs",
+        type=int,
+        default=emb.jobs,
+        help=f"embeddings: requests per block, over {emb.clients} clients (default %(default)s)",
+    )
+    parser.add_argument(
+        "--emb-blocks",
+        type=int,
+        default=emb.blocks,
+        help="embeddings: blocks per side (default %(default)s)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     parser.add_argument(
@@ -122,6 +136,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rounds, args.jobs, args.blocks = 20, args.clients * 2, 1
         args.gen_rounds, args.max_tokens = 1, 32
         args.streams, args.waits, args.job_s = 200, 50, 20.0
+        args.emb_jobs, args.emb_blocks = 64, 1
     for name in (
         "rounds",
         "clients",
@@ -132,6 +147,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "streams",
         "waits",
         "held_jobs",
+        "emb_jobs",
+        "emb_blocks",
     ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -152,9 +169,17 @@ def run(args: argparse.Namespace) -> dict:
         "benchmarks": {},
     }
     with Stack(threads=args.threads, keep_logs=args.keep_logs) as stack:
+        if "embeddings" in chosen:
+            embeddings.prepare(stack)  # its second model, before the web reads the registry
         for name in chosen:
             t0 = time.monotonic()
-            if name == "queue":
+            if name == "embeddings":
+                rows, details = embeddings.run(
+                    stack,
+                    embeddings.EmbeddingsOptions(jobs=args.emb_jobs, blocks=args.emb_blocks),
+                )
+                title = "Embeddings: 32 clients, one text each, batched vs one job at a time"
+            elif name == "queue":
                 rows, details = queue_overhead.run(
                     stack,
                     queue_overhead.QueueOptions(
