@@ -12,6 +12,7 @@ import redis
 import yaml
 
 from shared.celery_app import broker_keys, enqueue_job, make_celery
+from shared.config import DEFAULT_REGISTRY
 from shared.jobs import Priority
 from shared.registry import load_registry
 from shared.store.fleet import Fleet
@@ -20,11 +21,15 @@ from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 TERMINAL = ("succeeded", "failed", "canceled")
+SMOL = "smollm2-135m"
 
 
 @pytest.fixture(scope="module")
 def settings(make_settings, tmp_path_factory):
+    shipped = yaml.safe_load(DEFAULT_REGISTRY.read_text())["models"]
+    smollm2 = next(m for m in shipped if m["id"] == SMOL)  # max_concurrency: the backend's
     entries = [
+        smollm2,
         {"id": "echo-batch", "backend": "echo", "tasks": ["echo"], "max_concurrency": 8},
         {"id": "echo-pair", "backend": "echo", "tasks": ["echo"], "max_concurrency": 2},
         {
@@ -43,7 +48,7 @@ def settings(make_settings, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def workers(settings, start_worker):
-    started = {m: start_worker(settings, m, wait=False) for m in ("echo-batch", "echo-pair")}
+    started = {m: start_worker(settings, m, wait=False) for m in ("echo-batch", "echo-pair", SMOL)}
     started.update({m: start_worker(settings, m) for m in ("echo-limited", "echo-kill")})
     fleet = Fleet.from_url(settings.redis_url)
     for model, worker in started.items():
@@ -109,6 +114,25 @@ def test_eight_jobs_run_at_once_on_one_model_copy(client, settings, workers):
     facts = Fleet.from_url(settings.redis_url).workers("echo-batch")
     assert [f["max_concurrency"] for f in facts] == [8]
     assert model_pid(workers["echo-batch"]) == pid
+
+
+def test_eight_smollm2_chats_run_as_one_batch(client, settings, workers):
+    pid = model_pid(workers[SMOL])
+    facts = Fleet.from_url(settings.redis_url).workers(SMOL)
+    assert [f["max_concurrency"] for f in facts] == [8]  # llama.cpp's default
+    question = {"prompt": "What is the capital of France?", "max_tokens": 24}
+    ids = [submit(client, SMOL, question, task="chat") for _ in range(8)]
+    recs = [until(client, job_id, timeout=240) for job_id in ids]
+    assert all(r["status"] == "succeeded" for r in recs), recs
+    texts = [r["output"]["text"] for r in recs]
+    assert all("Paris" in text for text in texts), texts
+    assert len(set(texts)) == 1, texts  # greedy (the shipped sampling): the same answer
+    assert max(r["started_at"] for r in recs) < min(r["completed_at"] for r in recs)
+    store = JobStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), ttl_s=600)
+    for rec in recs:  # each job streamed its own tokens
+        tokens = [d["text"] for _i, e, d in store.read_events(rec["id"]) if e == "token"]
+        assert "".join(tokens) == rec["output"]["text"]
+    assert model_pid(workers[SMOL]) == pid
 
 
 def test_a_job_joins_a_running_batch(client):
