@@ -152,10 +152,9 @@ class JobService:
         try:
             self.dispatcher.enqueue(job, spec)
         except Exception:
-            self.store.mark_failed(
+            self.ends.failed(
                 job.id, JobError(type="enqueue_failed", message="could not queue the job")
             )
-            self.payloads.delete(job.id)
             raise
         log.info("job %s model %s task %s queued", job.id, spec.id, task)
         return job
