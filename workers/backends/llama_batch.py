@@ -215,6 +215,7 @@ class BatchEngine:
         # end up between other jobs' cells, flash attention then adds them up in another
         # order, and a greedy job's tokens would depend on what ran beside it.
         p.kv_unified = False
+        p.flash_attn_type = self.llm.context_params.flash_attn_type  # as the Llama's own
         p.n_threads = self.llm.context_params.n_threads
         p.n_threads_batch = self.llm.context_params.n_threads_batch
         self.ctx = lib.llama_init_from_model(self.llm.model, p)
@@ -238,6 +239,12 @@ class BatchEngine:
         self.lib.llama_batch_free(self.batch)
         self.lib.llama_free(self.ctx)
         self.llm.close()
+
+    def kv_tokens(self) -> list[int]:
+        """Return how many positions each slot's sequence holds in the KV cache (engine thread)."""
+        return [
+            self.lib.llama_memory_seq_pos_max(self.memory, slot.seq) + 1 for slot in self._slots
+        ]
 
     def clear(self) -> None:
         """Forget every cached prefix (engine thread, no job running)."""

@@ -70,6 +70,7 @@ class LlamaCppBackend(Backend):
                     n_threads_batch=int(opts.get("n_threads_batch") or threads),
                     n_batch=n_batch,
                     n_gpu_layers=int(opts.get("n_gpu_layers") or 0),
+                    flash_attn=bool(opts.get("flash_attn", False)),
                     chat_format=opts.get("chat_format") or None,
                     seed=int(opts.get("seed", 0xFFFFFFFF)),
                     verbose=False,
@@ -254,18 +255,25 @@ class LlamaCppBackend(Backend):
 
 
 def _events(job: Request | SideJob, ctx: JobContext | None) -> Iterator[tuple]:
-    """Yield a job's events until its end; cancel it in the engine when the job should stop."""
-    while True:
-        try:
-            event = job.events.get(timeout=POLL_S)
-        except queue.Empty:
-            event = None
-        if ctx is not None and job.stop_reason is None and ctx.should_stop():
-            job.cancel("canceled" if ctx.canceled else "timeout")
-        if event is not None:
-            yield event
-            if event[0] in ("end", "error"):
-                return
+    """Yield a job's events until its end; cancel it in the engine when the job should stop,
+    or when this thread leaves early (the worker's time-limit watchdog raises in it)."""
+    ended = False
+    try:
+        while True:
+            try:
+                event = job.events.get(timeout=POLL_S)
+            except queue.Empty:
+                event = None
+            if ctx is not None and job.stop_reason is None and ctx.should_stop():
+                job.cancel("canceled" if ctx.canceled else "timeout")
+            if event is not None:
+                ended = event[0] in ("end", "error")
+                yield event
+                if ended:
+                    return
+    finally:
+        if not ended and job.stop_reason is None:
+            job.cancel("timeout" if ctx is not None and ctx.timed_out else "canceled")
 
 
 @contextmanager
