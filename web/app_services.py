@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
 from flask import current_app
 
 from shared.config import Settings
 from shared.payloads import PayloadStore
 from shared.registry import Registry, load_registry
+from shared.store.chat_model import ChatModelChoice
 from shared.store.fleet import Fleet
 from shared.store.jobs import JobStore, connect
 from shared.store.on_demand import OnDemandBoard
-from web.catalog import ChatModelChoice, ModelCatalog
+from web.catalog import ModelCatalog
 from web.dispatch import Dispatcher
 from web.hold_limit import HoldLimit
 from web.housekeeping import Housekeeping
@@ -32,7 +32,6 @@ class Services:
 
     settings: Settings
     registry: Registry
-    redis: redis.Redis
     store: JobStore
     payloads: PayloadStore
     fleet: Fleet
@@ -48,8 +47,8 @@ def build_services(settings: Settings) -> Services:
     client = connect(settings.redis_url, pool_size=REDIS_POOL_SIZE)
     store = JobStore(client, ttl_s=settings.result_ttl_s)
     payloads = PayloadStore(settings.payload_location, max_bytes=settings.max_media_bytes)
-    fleet = Fleet(client)
-    on_demand = OnDemandBoard(client)
+    fleet = Fleet.from_store(store)
+    on_demand = OnDemandBoard.from_store(store)
     jobs = JobService(
         settings,
         registry,
@@ -60,14 +59,12 @@ def build_services(settings: Settings) -> Services:
         JobFeeds(store),
         on_demand=on_demand,
     )
-    catalog = ModelCatalog(registry, store, fleet, ChatModelChoice(client), on_demand)
+    catalog = ModelCatalog(registry, store, fleet, ChatModelChoice.from_store(store), on_demand)
     housekeeping = Housekeeping(
         store, payloads, fleet, orphan_grace_s=settings.payload_orphan_grace_s
     )
     holds = HoldLimit(settings.max_held_requests)
-    return Services(
-        settings, registry, client, store, payloads, fleet, jobs, catalog, housekeeping, holds
-    )
+    return Services(settings, registry, store, payloads, fleet, jobs, catalog, housekeeping, holds)
 
 
 def services() -> Services:

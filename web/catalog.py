@@ -5,36 +5,16 @@ from __future__ import annotations
 
 import logging
 
-import redis
-
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.jobs import now
 from shared.registry import ModelSpec, Registry
+from shared.store.chat_model import ChatModelChoice
 from shared.store.fleet import Fleet
 from shared.store.jobs import JobStore
 from shared.store.on_demand import Board, OnDemandBoard
 from web.protocols.catalog import ModelCard, ModelState, WorkerState
 
 log = logging.getLogger(__name__)
-
-# The chat model chosen with POST /setModel (the llama.cpp server's route), for every web
-# process: requests that name no model get it.
-CURRENT_CHAT_MODEL_KEY = "conveyor:current_chat_model"
-
-
-class ChatModelChoice:
-    """The default chat model chosen at run time, shared by every web process in Redis."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        self._r = client
-
-    def get(self) -> str | None:
-        """Return the chosen model id, or None when none was chosen."""
-        return self._r.get(CURRENT_CHAT_MODEL_KEY)
-
-    def set(self, model_id: str) -> None:
-        """Choose the model id requests naming no chat model get."""
-        self._r.set(CURRENT_CHAT_MODEL_KEY, model_id)
 
 
 class ModelCatalog:

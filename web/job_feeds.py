@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 import redis
 
 from shared.jobs import JobStatus
+from shared.store.events import Entry
 from shared.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 
-Event = tuple[str, str, dict]  # (event_id, event, data)
 
 BLOCK_S = 5.0  # longest blocked read; far below the Redis client's 60 s socket timeout
 RETRY_S = 1.0  # pause after Redis could not be read; followers keep their heartbeats
@@ -36,7 +36,7 @@ def _event_id(value: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def _is_end(event: Event) -> bool:
+def _is_end(event: Entry) -> bool:
     """Return whether an event is a job's move to a terminal state."""
     if event[1] != "status":
         return False
@@ -52,7 +52,7 @@ class _Feed:
 
     job_id: str
     news: threading.Condition
-    events: list[Event] = field(default_factory=list)
+    events: list[Entry] = field(default_factory=list)
     after: str = "0-0"  # the last event id read
     ended: bool = False  # its terminal status was read, or the job is gone
     followers: int = 0
@@ -87,7 +87,7 @@ class JobFeeds:
         self._woken = -1  # the round an interrupt was already sent for
 
     # followers
-    def follow(self, job_id: str, after: str = "0-0", *, idle_s: float) -> Iterator[Event | None]:
+    def follow(self, job_id: str, after: str = "0-0", *, idle_s: float) -> Iterator[Entry | None]:
         """Yield a job's events after an id, and None after idle_s of silence.
 
         Ends after the job's terminal status event, or when the job is gone.
@@ -229,7 +229,7 @@ class JobFeeds:
             self._check_quiet([f for f, _after in feeds.values()])
             time.sleep(0)  # let the clients just woken run before the next read (gevent)
 
-    def _add(self, feed: _Feed, batch: list[Event]) -> None:
+    def _add(self, feed: _Feed, batch: list[Entry]) -> None:
         """Append events to a feed and wake its followers. Holds the lock."""
         feed.events.extend(batch)
         feed.after = batch[-1][0]

@@ -20,6 +20,7 @@ from shared.inputs import parse_input
 from shared.jobs import JobError, JobRecord, Webhook, new_job_id, now
 from shared.payloads import PayloadStore
 from shared.registry import ModelSpec, Registry, resolve_source
+from shared.store.events import Entry
 from shared.store.fleet import Fleet
 from shared.store.job_end import JobEnd
 from shared.store.jobs import JobStore, QueueFull
@@ -27,7 +28,7 @@ from shared.store.on_demand import Board, OnDemandBoard
 from shared.webhooks import WebhookNotifier, check_target
 from web.dispatch import Dispatcher
 from web.intake import Intake
-from web.job_feeds import Event, JobFeeds
+from web.job_feeds import JobFeeds
 from web.protocols.jobs import WEBHOOK_EVENTS, JobRequest
 
 log = logging.getLogger(__name__)
@@ -61,9 +62,7 @@ class JobService:
         self.on_demand = on_demand
         self.webhook_hook = self._check_webhook_target
         # Jobs canceled while queued end here, so their `completed` webhook starts here too.
-        self.notifier = WebhookNotifier(
-            store.r, dispatcher.send_webhook, ttl_s=settings.result_ttl_s
-        )
+        self.notifier = WebhookNotifier(store, dispatcher.send_webhook, ttl_s=settings.result_ttl_s)
         self.ends = JobEnd(store, payloads, self.notifier)
         self._online: dict[str, tuple[float, bool]] = {}
 
@@ -207,7 +206,7 @@ class JobService:
         self.feeds.wait_end(job_id, timeout_s)  # shares one Redis read with every other wait
         return self.get(job_id)
 
-    def follow(self, job_id: str, after: str, idle_s: float) -> Iterator[Event | None]:
+    def follow(self, job_id: str, after: str, idle_s: float) -> Iterator[Entry | None]:
         """Yield a job's events after an id, None after idle_s of silence, until it ends."""
         return self.feeds.follow(job_id, after, idle_s=idle_s)
 

@@ -15,9 +15,8 @@ from typing import Any
 
 import redis
 
-from shared.store.jobs import PREFIX
-
-BOARD_KEY = PREFIX + ":on_demand"
+from shared.store import keys
+from shared.store.job_reads import JobReads
 
 
 @dataclass
@@ -63,14 +62,19 @@ class OnDemandBoard:
         self._r = client
         self.ttl_s = ttl_s
 
+    @classmethod
+    def from_store(cls, store: JobReads, **kwargs: Any) -> OnDemandBoard:
+        """Return the board on the job store's connection pool."""
+        return cls(store.r, **kwargs)
+
     def publish(self, board: Board) -> None:
         board.at = time.time()
-        self._r.set(BOARD_KEY, json.dumps(asdict(board)), px=int(self.ttl_s * 1000))
+        self._r.set(keys.ON_DEMAND, json.dumps(asdict(board)), px=int(self.ttl_s * 1000))
 
     def clear(self) -> None:
-        self._r.delete(BOARD_KEY)
+        self._r.delete(keys.ON_DEMAND)
 
     def read(self) -> Board:
         """Return the board; an empty one when no `conveyor up` publishes it."""
-        raw = self._r.get(BOARD_KEY)
+        raw = self._r.get(keys.ON_DEMAND)
         return Board(**json.loads(raw)) if raw else Board()

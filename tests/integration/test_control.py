@@ -15,7 +15,7 @@ import yaml
 
 from shared.config import DEFAULT_REGISTRY
 from shared.jobs import JobRecord, new_job_id, now
-from shared.store.sweeper import LOCK_KEY
+from shared.store import keys
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -59,9 +59,9 @@ def services(app):
 @pytest.fixture
 def sweeper_paused(services):
     """Hold the fleet's sweep lock so the reaper's periodic sweep cannot hide a leak."""
-    services.redis.set(LOCK_KEY, "test", px=600_000)
+    services.store.r.set(keys.SWEEP_LOCK, "test", px=600_000)
     yield
-    services.redis.delete(LOCK_KEY)
+    services.store.r.delete(keys.SWEEP_LOCK)
 
 
 def submit(client, body, expect=202):
@@ -424,7 +424,7 @@ def test_sweeper_runs_from_admin_and_periodically(client, services, sweeper_paus
     for path in (root / "orphan-later", root / "orphan-later" / "001-image"):
         os.utime(path, (old, old))
     store.mark_canceled(live.id)
-    services.redis.delete(LOCK_KEY)
+    services.store.r.delete(keys.SWEEP_LOCK)
     wait_for(lambda: sorted(os.listdir(root)) == ["orphan-new"], 15, what="the periodic sweep")
     payloads.delete("orphan-new")
 

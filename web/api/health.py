@@ -20,7 +20,7 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     try:
-        services().redis.ping()
+        services().store.ping()
     except Exception as exc:  # any failure to reach Redis means not ready
         raise ServiceUnavailable(f"Redis is not reachable: {exc}") from None
     return json_response(Readiness())

@@ -25,7 +25,7 @@ def metrics():
 def install(app: Flask) -> None:
     """Serve /metrics and count every request; call it before install_auth (401s count)."""
     services = app.extensions["conveyor"]
-    store = MetricsStore(services.redis)
+    store = MetricsStore.from_store(services.store)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(store, services.store, services.fleet, services.registry))
     app.extensions[EXTENSION] = registry
