@@ -9,9 +9,14 @@ clients for:
   model copy can give N clients on this CPU.
 - `xllamacpp`: llama.cpp's own server engine embedded in-process (slots, continuous
   batching, chunked prefill), driven through its Python API from N threads.
-- `sequential`: llama-cpp-python's Llama (what the conveyor worker runs today), N clients
-  arriving at once and served one after another by one model copy in one thread, as one
-  Celery pool process does.
+- `bare` (was `sequential`): llama-cpp-python's Llama, N clients arriving at once and
+  served one after another by one model copy in one thread (the worker before batching).
+- `engine`: conveyor's llama.cpp backend (workers/backends/llamacpp.py, the shipped
+  registry entry) called from N job threads in this process: the batch engine without
+  Redis or HTTP.
+
+`python -m bench batching` runs the same sides beside conveyor over HTTP and
+llama-cpp-python's own server (bench/batching_http.py).
 
 Each side runs in its own subprocess so two copies of ggml never share a process. This is
 the measurement behind the engine choice in docs/batching.md, not a goal check.
@@ -22,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -30,6 +34,10 @@ import time
 from workers.cpu import default_threads, read_cpu
 
 PROMPT = "Write a long story about a lighthouse keeper and a storm."
+MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": PROMPT},
+]
 CLIENTS = (1, 4, 8, 16)
 
 
@@ -171,7 +179,7 @@ def run_sequential(path: str, threads: int, n: int, tokens: int) -> dict:
     def one(t0: float) -> tuple[int, float]:
         first, count = None, 0
         for chunk in llm.create_chat_completion(
-            messages=[{"role": "user", "content": PROMPT}],
+            messages=MESSAGES,
             max_tokens=tokens,
             temperature=0,
             stream=True,
@@ -189,16 +197,62 @@ def run_sequential(path: str, threads: int, n: int, tokens: int) -> dict:
     return _summary(results, time.perf_counter() - t0)
 
 
+def run_engine(path: str, threads: int, n: int, tokens: int) -> dict:
+    """n clients at once, each a job thread calling conveyor's llama.cpp backend."""
+    from shared.config import Settings
+    from shared.inputs import ChatInput
+    from shared.registry import load_registry
+    from workers.backends.base import JobContext
+    from workers.backends.llamacpp import LlamaCppBackend
+
+    settings = Settings()
+    spec = load_registry(settings.registry).get("smollm2-135m")
+    spec.options.update(n_threads=threads)
+    backend = LlamaCppBackend(spec, settings)
+    backend.load()
+
+    def one() -> tuple[int, float]:
+        t0, first = time.perf_counter(), []
+
+        def emit(kind: str, _data: dict) -> None:
+            if kind == "token" and not first:
+                first.append(time.perf_counter() - t0)
+
+        ctx = JobContext(
+            "bench",
+            read_media=lambda ref: b"",
+            emit=emit,
+            stop_requested=lambda: False,
+            deadline=None,
+            check_interval_s=1.0,
+        )
+        inputs = ChatInput(messages=MESSAGES, max_tokens=tokens, temperature=0)
+        result = backend.run("chat", inputs, ctx)
+        return result.metrics["completion_tokens"], first[0] if first else 0.0
+
+    try:
+        one()  # warm-up
+        return _clients(n, one)
+    finally:
+        backend.close()
+
+
 def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
-SIDES = {"ceiling": run_ceiling, "xllamacpp": run_xllamacpp, "sequential": run_sequential}
+SIDES = {
+    "ceiling": run_ceiling,
+    "engine": run_engine,
+    "bare": run_sequential,
+    "xllamacpp": run_xllamacpp,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.batching", description=__doc__)
     parser.add_argument("--side", choices=SIDES, help="(internal) run one side and print JSON")
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=["ceiling", "engine", "bare"])
     parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS))
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=default_threads(read_cpu()))
@@ -208,47 +262,25 @@ def main(argv: list[str] | None = None) -> int:
             out = SIDES[args.side](gguf_path(), args.threads, n, args.tokens)
             print(json.dumps({"side": args.side, "clients": n, **out}), flush=True)
         return 0
+    from bench.batching_http import in_process, side_by_side
+
     cpu = read_cpu()
     print(
         f"# {cpu.model_name}, {cpu.physical_cores} cores, {args.threads} threads, "
         f"{args.tokens} tokens per client, load {os.getloadavg()[0]:.2f}"
     )
-    rows: dict[tuple[str, int], dict] = {}
+    rows: dict[str, dict[int, dict]] = {side: {} for side in args.sides}
     for n in args.clients:  # sides alternate per client count, so drift hits all alike
-        for side in SIDES:
-            cmd = [
-                sys.executable,
-                "-m",
-                "bench.batching",
-                "--side",
-                side,
-                "--clients",
-                str(n),
-                "--tokens",
-                str(args.tokens),
-                "--threads",
-                str(args.threads),
-            ]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-            line = proc.stdout.strip().splitlines()[-1:] if proc.returncode == 0 else []
-            rows[side, n] = json.loads(line[0]) if line else {"error": proc.stderr[-300:]}
-    print(
-        "| clients | "
-        + " | ".join(f"{s} tok/s" for s in SIDES)
-        + " | xllamacpp/ceiling | xllamacpp/sequential | TTFT p50 xllamacpp | TTFT p50 seq |"
-    )
-    print("|---" * (len(SIDES) + 5) + "|")
+        for side in args.sides:
+            rows[side][n] = in_process(side, n, args.threads, args.tokens)
+    print(side_by_side(rows, args.clients))
     for n in args.clients:
-        tps = {s: rows[s, n].get("tok_s") for s in SIDES}
-        print(
-            f"| {n} | "
-            + " | ".join(f"{tps[s]:.1f}" if tps[s] else "error" for s in SIDES)
-            + f" | {ratio(tps['xllamacpp'], tps['ceiling'])}"
-            + f" | {ratio(tps['xllamacpp'], tps['sequential'])}"
-            + f" | {rows['xllamacpp', n].get('ttft_p50', 0):.2f} s"
-            + f" | {rows['sequential', n].get('ttft_p50', 0):.2f} s |"
-        )
-    print(json.dumps({f"{s}/{n}": v for (s, n), v in rows.items()}))
+        for side in args.sides[1:]:
+            base = args.sides[0]
+            share = ratio(rows[side][n]["tok_s"], rows[base][n]["tok_s"])
+            print(f"{n} clients: {side} / {base} = {share}")
+    print(f"# load after: {os.getloadavg()[0]:.2f}")
+    print(json.dumps(rows))
     return 0
 
 
