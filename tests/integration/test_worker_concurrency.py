@@ -99,11 +99,22 @@ def model_pid(worker):
 
 def test_eight_jobs_run_at_once_on_one_model_copy(client, settings, workers):
     pid = model_pid(workers["echo-batch"])
-    ids = [submit(client, "echo-batch", {"n": i, "sleep_s": 2}) for i in range(8)]
+    ids = [submit(client, "echo-batch", {"n": i, "sleep_s": 3}) for i in range(8)]
+    # What Flower's worker page lists: Celery's own view of the tasks running there.
+    app = make_celery(settings, load_registry(settings.registry))
+    node = f"echo-batch@{os.uname().nodename}"
+
+    def active():
+        found = (app.control.inspect(destination=[node], timeout=5).active() or {}).get(node)
+        return found if found and len(found) == 8 else None
+
+    tasks = wait_for(active, 20, interval=0.2, what="8 active tasks on the worker")
+    assert sorted(t["args"][0] for t in tasks) == sorted(ids)
+    app.close()
     recs = [until(client, job_id) for job_id in ids]
     for i, rec in enumerate(recs):
         assert rec["status"] == "succeeded", rec
-        assert rec["output"] == {"echo": {"n": i, "sleep_s": 2.0}}
+        assert rec["output"] == {"echo": {"n": i, "sleep_s": 3.0}}
         assert rec["attempts"] == 1
     # All eight ran at once: each started before any of them ended.
     assert max(r["started_at"] for r in recs) < min(r["completed_at"] for r in recs)
@@ -187,6 +198,26 @@ def test_the_soft_time_limit_interrupts_one_job_of_a_batch(client, workers):
     assert rec["metrics"]["run_seconds"] < 10
     assert all(until(client, job_id)["status"] == "succeeded" for job_id in mates)
     assert model_pid(workers["echo-limited"]) == pid  # nothing was killed or replaced
+
+
+def test_a_step_stuck_past_its_hard_limit_ends_its_job_and_recycles_after_the_batch(
+    client, workers
+):
+    worker = workers["echo-limited"]
+    pid = model_pid(worker)
+    # One call that never returns to Python: no exception can reach it in its thread.
+    stuck = submit(client, "echo-limited", {"native_block_s": 40})
+    until(client, stuck, ("running",))
+    mates = [submit(client, "echo-limited", {"sleep_s": 1, "n": i}) for i in range(3)]
+    assert all(until(client, job_id)["status"] == "succeeded" for job_id in mates)
+    rec = until(client, stuck, timeout=45)
+    assert rec["status"] == "failed" and rec["error"]["type"] == "timeout", rec
+    assert "hard time limit" in rec["error"]["message"] and rec["attempts"] == 1
+    fresh = wait_for(lambda: worker.pool_pids() != [pid] and worker.pool_pids(), 60, what="recycle")
+    assert worker.proc.poll() is None and pid not in fresh
+    after = until(client, submit(client, "echo-limited", {"n": 7}), timeout=60)
+    assert after["status"] == "succeeded"
+    assert get(client, stuck)["attempts"] == 1  # ended once, never handed to the reaper
 
 
 def test_priority_holds_while_the_batch_is_full(client, settings):
