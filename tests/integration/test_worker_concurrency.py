@@ -4,6 +4,7 @@ loses no job and runs none twice; memory stays flat."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 
@@ -19,6 +20,7 @@ from shared.store.fleet import Fleet
 from shared.store.jobs import JobStore
 from tests.conftest import wait_for
 
+log = logging.getLogger(__name__)
 pytestmark = pytest.mark.timeout(300)
 TERMINAL = ("succeeded", "failed", "canceled")
 SMOL = "smollm2-135m"
@@ -27,9 +29,9 @@ SMOL = "smollm2-135m"
 @pytest.fixture(scope="module")
 def settings(make_settings, tmp_path_factory):
     shipped = yaml.safe_load(DEFAULT_REGISTRY.read_text())["models"]
-    smollm2 = next(m for m in shipped if m["id"] == SMOL)  # max_concurrency: the backend's
+    # max_concurrency: the backends' defaults (llama.cpp and sentence-transformers batch)
     entries = [
-        smollm2,
+        *(m for m in shipped if m["id"] in (SMOL, "minilm")),
         {"id": "echo-batch", "backend": "echo", "tasks": ["echo"], "max_concurrency": 8},
         {"id": "echo-pair", "backend": "echo", "tasks": ["echo"], "max_concurrency": 2},
         {
@@ -275,30 +277,60 @@ def test_sigkill_mid_batch_redelivers_every_job_once(client, settings, workers):
     app.close()
 
 
-def test_memory_stays_flat_over_200_jobs_under_concurrency(client, settings, workers):
+def rss_growth_over_200_jobs(client, settings, worker, model, body) -> tuple[int, int]:
+    """Run 40 warm-up jobs then 200 more, all queued at once so the worker runs them at its
+    max_concurrency; return its RSS after each block."""
     fleet = Fleet.from_url(settings.redis_url)
-    pid = model_pid(workers["echo-batch"])
-    text = "conveyor " * 2_000  # each job's input and output: about 18 KB
+    pid = model_pid(worker)
 
     def run(n):
-        ids = [submit(client, "echo-batch", {"text": text, "n": i}) for i in range(n)]
+        ids = [submit(client, model, body(i)) for i in range(n)]
         for job_id in ids:
-            assert until(client, job_id, timeout=120)["status"] == "succeeded"
+            assert until(client, job_id, timeout=180)["status"] == "succeeded"
 
     def rss_after(jobs_done):
         facts = wait_for(
-            lambda: next(
-                (f for f in fleet.workers("echo-batch") if f["jobs_done"] >= jobs_done), None
-            ),
+            lambda: next((f for f in fleet.workers(model) if f["jobs_done"] >= jobs_done), None),
             15,
             what="the worker's facts after the jobs",
         )
         assert facts["pid"] == pid and facts["running_jobs"] == []
         return facts["memory"]["rss_bytes"]
 
-    done = fleet.workers("echo-batch")[0]["jobs_done"]
+    done = fleet.workers(model)[0]["jobs_done"]
     run(40)  # warm-up: the pool threads, connections and caches the first jobs create
     before = rss_after(done + 40)
     run(200)
     after = rss_after(done + 240)
+    log.info(
+        "%s: RSS %.1f MiB after warm-up, %.1f MiB after 200 more jobs (%+.2f%%)",
+        model,
+        before / 2**20,
+        after / 2**20,
+        (after / before - 1) * 100,
+    )
+    return before, after
+
+
+def test_memory_stays_flat_over_200_jobs_under_concurrency(client, settings, workers):
+    text = "conveyor " * 2_000  # each job's input and output: about 18 KB
+    before, after = rss_growth_over_200_jobs(
+        client, settings, workers["echo-batch"], "echo-batch", lambda i: {"text": text, "n": i}
+    )
+    assert after < before * 1.05, (before, after)
+
+
+def test_minilm_memory_stays_flat_over_200_embeddings_under_concurrency(
+    client, settings, workers, start_worker
+):
+    worker = start_worker(settings, "minilm", timeout=180)
+    (facts,) = Fleet.from_url(settings.redis_url).workers("minilm")
+    assert facts["max_concurrency"] > 1  # the backend batches concurrent jobs
+    before, after = rss_growth_over_200_jobs(
+        client,
+        settings,
+        worker,
+        "minilm",
+        lambda i: {"texts": [f"sentence number {i} about a {'long ' * (i % 50)}queue"] * 4},
+    )
     assert after < before * 1.05, (before, after)
