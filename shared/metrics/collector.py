@@ -217,6 +217,6 @@ class FleetCollector(Collector):
 
 def _running_jobs(info: dict) -> int:
     """Return how many jobs a worker's heartbeat says it runs (one, or a batch's size)."""
-    if isinstance(info.get("current_jobs"), list):
-        return len(info["current_jobs"])
+    if isinstance(info.get("running_jobs"), list):  # what workers/runtime.py publishes
+        return len(info["running_jobs"])
     return 1 if info.get("current_job") else 0
