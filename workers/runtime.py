@@ -210,7 +210,8 @@ class WorkerRuntime:
         while not self.stop.wait(self.settings.lease_s / 3):
             for job_id in self.slots.live_ids():
                 try:
-                    if not self.store.renew_lease(job_id, self.worker_id, self.settings.lease_s):
+                    renewed = self.store.renew_lease(job_id, self.worker_id, self.settings.lease_s)
+                    if not renewed and job_id in self.slots.live_ids():  # else: it just ended
                         log.warning("job %s: its lease is no longer this worker's", job_id)
                 except Exception:
                     log.warning("job %s lease renewal failed", job_id, exc_info=True)
