@@ -396,3 +396,24 @@ def test_minilm_worker_batches_concurrent_jobs(make_settings, start_worker, make
         what="the worker's published batching counters",
     )["health"]["batching"]
     assert batching["passes"] < batching["items"], batching  # jobs shared forward passes
+
+
+def test_causal_lm_a_job_past_the_kv_cache_fails_alone(loaded, folders):
+    spec = lm_spec(folders, "none", 4).model_copy(
+        update={"id": "lm-small-cache", "options": {"kv_cache_tokens": 256}}
+    )
+    backend = loaded(spec)
+    alone = backend.run("chat", chat(1), context("alone")).output
+    long_prompt = {"role": "user", "content": "hello world " * 200}
+
+    def job(i):
+        if i == 0:
+            inputs = ChatInput(messages=[long_prompt], max_tokens=24, temperature=0)
+            return backend.run("chat", inputs, context("too-long"))
+        return backend.run("chat", chat(1), context(f"j{i}"))
+
+    results, errors = on_threads(job, 4)
+    assert isinstance(errors[0], InputRejected) and "kv_cache_tokens" in str(errors[0])
+    assert errors[1:] == [None] * 3
+    assert [r.output for r in results[1:]] == [alone] * 3
+    assert backend.run("chat", chat(1), context("after")).output == alone

@@ -221,3 +221,31 @@ def test_multimodal_parts_to_a_text_model_fail_clearly(client):
     )
     assert rec["status"] == "failed" and rec["error"]["type"] == "invalid_input"
     assert "takes text only" in rec["error"]["message"]
+
+
+def test_smollm2_concurrent_greedy_chats_share_one_continuous_batch(client):
+    """Four chats at once on one worker (max_concurrency 8): each answers as it does alone,
+    and the worker's facts show they ran inside transformers' continuous batch."""
+    questions = [
+        "What is the capital of France?",
+        "Name a primary color.",
+        "What is 2 + 2?",
+        "Say hello in Spanish.",
+    ]
+
+    def body(q):
+        return {"prompt": q, "max_tokens": 16, "temperature": 0}
+
+    alone = [run(client, "smollm2-135m-hf", body(q), task="chat")["output"] for q in questions]
+    ids = [submit(client, "smollm2-135m-hf", body(q), task="chat") for q in questions]
+    together = [finish(client, job_id) for job_id in ids]
+    assert [r["status"] for r in together] == ["succeeded"] * 4, together
+    assert [r["output"] for r in together] == alone
+    assert "Paris" in together[0]["output"]["text"]
+
+    def in_batch():
+        models = {m["id"]: m for m in client.get("/admin/models").get_json()["models"]}
+        cb = models["smollm2-135m-hf"]["workers"][0]["health"]["continuous_batching"]
+        return cb["jobs_in_batch"] >= 8 and cb
+
+    wait_for(in_batch, 15, what="the worker's facts to count the 8 jobs run in the batch")

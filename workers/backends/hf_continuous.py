@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from shared.errors import JobFailure, ModelNotAvailable
+from shared.errors import InputRejected, JobFailure, ModelNotAvailable
 from shared.registry import ModelSpec
 from workers.backends.base import JobContext, Result, tokens_per_second
 
@@ -101,6 +101,7 @@ class ContinuousGenerator:
             raise ModelNotAvailable(f"model {spec.id}: options: {exc}") from None
         self.tokenizer = tokenizer
         self.vocab = len(tokenizer)
+        self.kv_tokens = kv_tokens
         eos = model.generation_config.eos_token_id
         if eos is None:
             eos = tokenizer.eos_token_id
@@ -163,6 +164,14 @@ class ContinuousGenerator:
 
     def generate(self, input_ids: list[int], params: dict[str, Any], ctx: JobContext) -> Result:
         """Generate inside the running batch, streaming this job's tokens from its thread."""
+        need = len(input_ids) + params["max_tokens"]
+        if need > self.kv_tokens:  # alone past the cache, it would stop the whole batch
+            raise InputRejected(
+                f"the prompt's {len(input_ids)} tokens plus max_tokens {params['max_tokens']} "
+                f"do not fit this worker's KV cache of {self.kv_tokens} tokens "
+                f"(options.kv_cache_tokens); send a shorter prompt or a lower max_tokens"
+            )
+        self._keep_running()
         rid = f"{ctx.job_id}#{next(self._ids)}"
         self.batched += 1
         inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -181,13 +190,15 @@ class ContinuousGenerator:
         finished = False
         t0 = time.perf_counter()
         try:
-            self.manager.add_request(
+            added = self.manager.add_request(
                 input_ids,
                 request_id=rid,
                 max_new_tokens=params["max_tokens"],
                 streaming=True,
                 **sampling,
             )
+            if added is None:
+                raise JobFailure("the batch is not taking jobs", type="generation_failed")
             while not finished:
                 try:
                     out = inbox.get(timeout=POLL_S)
@@ -224,6 +235,17 @@ class ContinuousGenerator:
                 "tokens_per_second": tokens_per_second(len(tokens), elapsed),
             },
         )
+
+    def _keep_running(self) -> None:
+        """Start the manager again if its thread died (its jobs were failed already)."""
+        if self.manager.is_running() or self._closed.is_set():
+            return
+        with self._lock:
+            if not self.manager.is_running():
+                log.warning("continuous batching thread had stopped; starting it again")
+                self.manager.batch_processor = None
+                with torch.inference_mode():
+                    self.manager.start()
 
     def _route(self) -> None:
         """Hand each output of the manager to the job waiting for it."""
