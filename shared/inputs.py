@@ -169,15 +169,15 @@ class EchoInput(_Media):
         None,
         ge=0,
         le=60,
-        description="Then sleep this long in one step that ignores cancel and deadlines "
-        "(for tests of the time-limit backstop).",
+        description="Then sleep this long in Python that ignores cancel and deadlines: only "
+        "the soft time limit ends it (for tests of the time-limit backstop).",
     )
     native_block_s: float | None = Field(
         None,
         ge=0,
         le=60,
-        description="Then block this long with Celery's soft-limit signal masked, as a native "
-        "call that never returns to Python would: only the hard limit ends it (for tests).",
+        description="Then block this long in one call that never returns to Python, as a "
+        "native call would: only the hard time limit ends it (for tests).",
     )
 
 
