@@ -45,9 +45,17 @@ class TransformersTextBackend(HFBackend):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._one_at_a_time = threading.Lock()
         if self.max_concurrency > 1 and self.spec.options.get("continuous_batching", True):
-            self.continuous = ContinuousGenerator(
-                self.model, self.tokenizer, self.spec, self.max_concurrency
-            )
+            try:
+                self.continuous = ContinuousGenerator(
+                    self.model, self.tokenizer, self.spec, self.max_concurrency
+                )
+            except (NotImplementedError, ValueError, TypeError) as exc:  # an architecture
+                # transformers cannot page: jobs still run, one generate() at a time.
+                log.warning(
+                    "model %s: no continuous batching (%s); one generate() at a time",
+                    self.spec.id,
+                    exc,
+                )
 
     def warm_up(self) -> None:
         """One greedy token, through the continuous batch when there is one."""
