@@ -14,12 +14,12 @@ import queue
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from shared.errors import InputRejected, ModelNotAvailable
 from shared.inputs import ChatInput, CompleteInput
-from shared.registry import resolve_source
-from workers.backends.base import Backend, JobContext, Result, tokens_per_second, warm_up
+from workers.backends.base import Backend, JobContext, Result, tokens_per_second
 from workers.backends.llama_batch import BatchEngine, Request, SideJob
 from workers.backends.llama_prompts import NotBatchable, chat_request, completion_request
 from workers.cpu import default_threads, extra_buffers_enabled, read_cpu
@@ -34,21 +34,15 @@ class LlamaCppBackend(Backend):
     tasks = ("chat", "complete")
     default_max_concurrency = 8
 
-    def load(self) -> None:
-        """Open the GGUF file on the engine thread and warm it up. :raises ModelNotAvailable:"""
-        self.load_model()
-        warm_up(self.spec, self.warm_up)
-        self.loaded = True
-
-    def load_model(self) -> None:
-        """Start the batch engine: one context of n_ctx cells per slot, max_concurrency slots."""
+    def load_model(self, path: Path | None) -> None:
+        """Start the batch engine (the model loads on its thread): max_concurrency slots of
+        n_ctx cells each. :raises ModelNotAvailable:"""
         try:
             from llama_cpp import Llama
         except ImportError as exc:
             raise ModelNotAvailable(
                 "llama-cpp-python is not installed (pip install 'conveyor[llama]')"
             ) from exc
-        path = resolve_source(self.spec)
         opts = self.spec.options
         cpu = read_cpu()
         threads = int(opts.get("n_threads") or self.settings.cpu_threads or default_threads(cpu))
@@ -70,7 +64,7 @@ class LlamaCppBackend(Backend):
                     n_threads_batch=int(opts.get("n_threads_batch") or threads),
                     n_batch=n_batch,
                     n_gpu_layers=int(opts.get("n_gpu_layers") or 0),
-                    flash_attn=bool(opts.get("flash_attn", False)),
+                    flash_attn=bool(opts.get("flash_attn", True)),
                     chat_format=opts.get("chat_format") or None,
                     seed=int(opts.get("seed", 0xFFFFFFFF)),
                     verbose=False,
