@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 
-from bench import embeddings, generation, held_streams, queue_overhead
+from bench import batching_http, embeddings, generation, held_streams, queue_overhead
 from bench.procs import StartFailed
 from bench.report import machine, table
 from bench.stack import Stack
@@ -19,7 +19,7 @@ from shared.processes.gunicorn import raise_open_files_limit
 
 log = logging.getLogger("bench")
 
-BENCHMARKS = ("queue", "generation", "held", "embeddings")
+BENCHMARKS = ("queue", "generation", "held", "embeddings", "batching")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -124,6 +124,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=emb.blocks,
         help="embeddings: blocks per side (default %(default)s)",
     )
+    parser.add_argument(
+        "--batch-clients",
+        type=int,
+        nargs="+",
+        default=list(batching_http.BatchingOptions.clients),
+        help="batching: concurrent clients, one run each (default %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-requests",
+        type=int,
+        default=batching_http.BatchingOptions.requests,
+        help="batching: streamed chats per client (default %(default)s)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     parser.add_argument(
@@ -137,6 +150,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.gen_rounds, args.max_tokens = 1, 32
         args.streams, args.waits, args.job_s = 200, 50, 20.0
         args.emb_jobs, args.emb_blocks = 64, 1
+        args.batch_clients, args.batch_requests = [1, 4], 1
     for name in (
         "rounds",
         "clients",
@@ -179,6 +193,17 @@ def run(args: argparse.Namespace) -> dict:
                     embeddings.EmbeddingsOptions(jobs=args.emb_jobs, blocks=args.emb_blocks),
                 )
                 title = "Embeddings: 32 clients, one text each, batched vs one job at a time"
+            elif name == "batching":
+                rows, details = batching_http.run(
+                    stack,
+                    batching_http.BatchingOptions(
+                        clients=tuple(args.batch_clients),
+                        requests=args.batch_requests,
+                        max_tokens=args.max_tokens,
+                    ),
+                )
+                title = "Batching: SmolLM2 for many clients, conveyor vs llama_cpp.server"
+                print(f"\n{details['table']}", flush=True)
             elif name == "queue":
                 rows, details = queue_overhead.run(
                     stack,
