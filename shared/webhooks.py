@@ -154,18 +154,13 @@ class WebhookNotifier:
 
     def __init__(
         self,
-        store: JobReads | redis.Redis,
+        store: JobReads,
         send: Callable[[str], None],
         *,
         ttl_s: int,
         output_interval_s: float = OUTPUT_INTERVAL_S,
     ) -> None:
-        # The job store; a bare client is taken while web/service.py, workers/runtime.py
-        # and workers/main.py still pass store.r.
-        if isinstance(store, JobReads):
-            self.snapshots = WebhookSnapshots.from_store(store, ttl_s=ttl_s)
-        else:
-            self.snapshots = WebhookSnapshots(store, ttl_s=ttl_s)
+        self.snapshots = WebhookSnapshots.from_store(store, ttl_s=ttl_s)
         self.send = send
         self.output_interval_s = output_interval_s
         self._last_output: dict[str, tuple[float, int]] = {}

@@ -33,7 +33,7 @@ from shared.hub import ensure_weights
 from shared.processes.child import child_env, die_with_parent
 from shared.registry import ModelSpec, load_registry, resolve_source
 from shared.store.jobs import JobStore, connect
-from workers.runtime import EXIT_RECYCLE, Journal
+from workers.journal import EXIT_RECYCLE, Journal
 
 log = logging.getLogger(__name__)
 RESTART_PAUSE_S = 1.0  # between restarts of a model process that died soon after starting

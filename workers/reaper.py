@@ -15,14 +15,11 @@ from shared.jobs import JobStatus, now
 from shared.payloads import PayloadStore
 from shared.registry import Registry
 from shared.store.job_end import JobEnd
-from shared.store.jobs import PREFIX, JobStore
+from shared.store.jobs import JobStore
 from shared.store.sweeper import sweep_if_due
 from shared.webhooks import WebhookNotifier
 
 log = logging.getLogger(__name__)
-
-
-REDELIVERED_KEY = PREFIX + ":redelivered:{}"
 
 
 class Reaper:
@@ -84,13 +81,11 @@ class Reaper:
         after = self.settings.redeliver_after_s
         for spec in self.registry:
             old = self.store.queued_ids(spec.id, before=now() - after)
-            if not old or any(self.store.r.llen(key) for key in broker_keys(spec.queue)):
+            if not old or self.store.broker_has_messages(broker_keys(spec.queue)):
                 continue
             for job_id in old:
                 # Once per job per period across the fleet: every worker runs a reaper.
-                if not self.store.r.set(
-                    REDELIVERED_KEY.format(job_id), 1, nx=True, px=int(after * 1000)
-                ):
+                if not self.store.take_redelivery_turn(job_id, after):
                     continue
                 job = self.store.get(job_id)
                 if job is None or job.status != JobStatus.QUEUED:

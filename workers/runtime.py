@@ -4,7 +4,6 @@ clean up when the batch drains."""
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import socket
@@ -29,36 +28,24 @@ from shared.inputs import parse_input
 from shared.jobs import JobError, JobRecord, now
 from shared.payloads import PayloadStore
 from shared.registry import ModelSpec, Registry
-from shared.store.fleet import COMMANDS_CHANNEL, Fleet
+from shared.store.fleet import PUBLISH_INTERVAL_S, Fleet
 from shared.store.job_end import JobEnd
 from shared.store.jobs import Claim, JobStore, connect
 from shared.webhooks import WebhookNotifier
 from workers.backends import backend_class
 from workers.backends.base import Backend, JobContext, Result
+from workers.journal import EXIT_RECYCLE, Journal
 from workers.memory import Releaser, is_out_of_memory, memory_stats
 from workers.slots import Slot, Slots
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 3.0
 # After a job, facts are published at once unless they were less than this long ago; then
 # the heartbeat thread publishes them this much later, so a burst of short jobs costs a
 # few writes a second instead of one per job.
 PUBLISH_EVERY_S = 0.25
 OOM_EXIT_AFTER = 3  # consecutive out-of-memory failures before the process asks to be replaced
-EXIT_RECYCLE = 70  # the model process exits with this to be replaced by a fresh one
 ACK_GRACE_S = 0.5  # after the last job of a recycled process, time for Celery to ack it
-
-
-class Journal:
-    """Where the runtime notes the jobs it runs, for whoever sees the process die (the
-    worker's supervisor records why each one was lost). The default notes nothing."""
-
-    def started(self, job_id: str) -> None:
-        """A job started running here."""
-
-    def ended(self, job_id: str) -> None:
-        """This process is done with a job."""
 
 
 class WorkerRuntime:
@@ -82,10 +69,10 @@ class WorkerRuntime:
         self.worker_id = f"{spec.id}@{socket.gethostname()}:{os.getpid()}"
         self.store = JobStore(connect(settings.redis_url), ttl_s=settings.result_ttl_s)
         self.payloads = PayloadStore(settings.payload_location, max_bytes=settings.max_media_bytes)
-        self.fleet = Fleet(self.store.r)
+        self.fleet = Fleet.from_store(self.store)
         if send_webhook is None:
             send_webhook = partial(enqueue_webhook, make_celery(settings, registry))
-        self.notifier = WebhookNotifier(self.store.r, send_webhook, ttl_s=settings.result_ttl_s)
+        self.notifier = WebhookNotifier(self.store, send_webhook, ttl_s=settings.result_ttl_s)
         self.ends = JobEnd(self.store, self.payloads, self.notifier)
         self.backend: Backend = backend_class(spec.backend)(spec, settings)
         self.max_concurrency = self.backend.max_concurrency
@@ -175,7 +162,7 @@ class WorkerRuntime:
 
     def _heartbeat(self) -> None:
         while not self.stop.is_set():
-            if self._unpublished.wait(HEARTBEAT_S):
+            if self._unpublished.wait(PUBLISH_INTERVAL_S):
                 self._unpublished.clear()
                 self.stop.wait(PUBLISH_EVERY_S)
             if self.stop.is_set():
@@ -189,13 +176,10 @@ class WorkerRuntime:
         """Obey operator commands broadcast to every worker (e.g. clean memory now)."""
         while not self.stop.is_set():
             try:
-                pubsub = self.store.r.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(COMMANDS_CHANNEL)
-                for message in pubsub.listen():
+                for message in self.fleet.commands():
                     if self.stop.is_set():
                         return
-                    command = json.loads(message["data"]).get("command")
-                    if command == "cleanup":
+                    if message.get("command") == "cleanup":
                         log.info("worker %s: cleanup requested by an operator", self.worker_id)
                         self.backend.cleanup()
                         self.releaser.release()

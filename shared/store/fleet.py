@@ -21,7 +21,6 @@ INDEX_KEEP_S = 3600
 # publish is TTL_S old is gone from the fleet (five missed publishes, not one blip).
 PUBLISH_INTERVAL_S = 3.0
 TTL_S = 15.0
-COMMANDS_CHANNEL = keys.COMMANDS  # for workers/runtime.py until it listens with commands()
 
 
 class Fleet:

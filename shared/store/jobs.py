@@ -20,10 +20,9 @@ from shared.store import keys, scripts
 from shared.store.connection import connect
 from shared.store.events import EVENTS_MAXLEN
 from shared.store.job_reads import JobReads
-from shared.store.keys import PREFIX
 from shared.store.writes import Writes
 
-__all__ = ["PREFIX", "Claim", "IllegalTransition", "JobStore", "QueueFull", "connect"]
+__all__ = ["Claim", "IllegalTransition", "JobStore", "QueueFull", "connect"]
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,9 @@ from __future__ import annotations
 import logging
 
 from shared.payloads import PayloadStore
-from shared.store import keys
 from shared.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
-
-LOCK_KEY = keys.SWEEP_LOCK  # for tests/integration/test_control.py, which holds the lock
 
 
 def sweep_payloads(store: JobStore, payloads: PayloadStore, *, grace_s: float) -> list[str]:
