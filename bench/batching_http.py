@@ -134,6 +134,9 @@ def start_llama_server(stack: Stack, path: str, threads: int, n_ctx: int) -> str
         str(threads),
         "--n_ctx",
         str(n_ctx),
+        # its default cuts a streaming request off when the next one arrives; queue them
+        "--interrupt_requests",
+        "False",
     ]
     child = Child("llama-server", cmd, child_env(None), stack.logs / "llama-server.log", cwd=ROOT)
     stack.children.append(child.start())
