@@ -97,7 +97,9 @@ class WorkerMemory(BaseModel):
     pid: int | None = None
     hostname: str | None = None
     jobs_done: int | None = None
-    current_job: str | None = None
+    current_job: str | None = Field(None, description="The first of running_jobs.")
+    running_jobs: list[str] | None = Field(None, description="Ids of the jobs it runs now.")
+    max_concurrency: int | None = Field(None, description="Jobs it runs at once at most.")
     memory: dict[str, Any] | None = Field(None, description="RSS, and CUDA memory on a GPU.")
     at: float | None = Field(None, description="When the worker last reported (epoch seconds).")
 
@@ -118,7 +120,9 @@ class WorkerState(BaseModel):
     load_seconds: float | None = None
     health: Any = None
     jobs_done: int | None = None
-    current_job: str | None = None
+    current_job: str | None = Field(None, description="The first of running_jobs.")
+    running_jobs: list[str] | None = Field(None, description="Ids of the jobs it runs now.")
+    max_concurrency: int | None = Field(None, description="Jobs it runs at once at most.")
 
     @classmethod
     def of(cls, info: dict[str, Any]) -> WorkerState:

@@ -38,6 +38,15 @@ function fmtTime(epoch) {
   return new Date(epoch * 1000).toLocaleTimeString();
 }
 
+function runningText(w) {
+  // A worker runs up to max_concurrency jobs at once: name the first, count the rest.
+  const running = w.running_jobs || (w.current_job ? [w.current_job] : []);
+  if (!running.length) return "idle";
+  const more = running.length > 1 ? ` +${running.length - 1}` : "";
+  const cap = w.max_concurrency > 1 ? ` (${running.length}/${w.max_concurrency})` : "";
+  return `${shortId(running[0])}${more}${cap}`;
+}
+
 function shortId(id) {
   return id ? String(id).slice(0, 8) : "–";
 }
@@ -142,8 +151,17 @@ function renderOutput(task, output, context) {
 
 // How many workers serve a model, or what happens to a job for it when none does.
 function workersText(m) {
-  if (m.workers_online) return `${m.workers_online} ${m.loaded ? "loaded" : "loading"}`;
-  if (m.on_demand && m.on_demand.worker) return "starting on demand";
+  const od = (m.on_demand && m.on_demand.worker) || null;
+  if (m.workers_online) {
+    const text = `${m.workers_online} ${m.loaded ? "loaded" : "loading"}`;
+    if (!od) return text;
+    if (od.stops_at) {
+      const left = Math.max(0, Math.round(od.stops_at - Date.now() / 1000));
+      return `${text}, on demand: stops in ${left} s if idle`;
+    }
+    return `${text}, on demand`;
+  }
+  if (od) return od.state === "stopping" ? "stopping (idle)" : "starting on demand";
   if (m.on_demand && m.on_demand.startable) return "0, starts on demand";
   return "0 online";
 }
@@ -173,7 +191,7 @@ function renderFleet(models, workers, jobs) {
         el("td", { class: "mono", text: `${w.worker || "?"}${w.pid ? ` (pid ${w.pid})` : ""}` }),
         el("td", { text: w.model || "–" }),
         el("td", { text: fmtBytes((w.memory || {}).rss_bytes) }),
-        el("td", { class: "mono", text: w.current_job ? shortId(w.current_job) : "idle" }),
+        el("td", { class: "mono", text: runningText(w) }),
         el("td", { text: String(w.jobs_done ?? 0) }))
     ),
     "no worker online — start one with: conveyor worker --model <id>"
