@@ -342,3 +342,32 @@ def test_a_prompt_over_the_context_is_rejected(make_settings):
         assert ok.metrics["completion_tokens"] < 256  # trimmed to what the context holds
     finally:
         backend.close()
+
+
+def test_a_shared_system_prompt_is_reused_across_slots(backend, caplog):
+    """A job whose long system prompt another running job holds copies those cells instead
+    of evaluating them again, and answers as it does alone."""
+    system = "You are a careful assistant. " + " ".join(f"Rule {i}: be brief." for i in range(30))
+
+    def ask(question: str, **fields) -> ChatInput:
+        messages = [
+            {"role": "system", "content": system},
+            {"role": "user", "content": question},
+        ]
+        return ChatInput(messages=messages, **fields)
+
+    alone = backend.run("chat", ask(QUESTIONS[0], max_tokens=24), None).output
+    backend.engine.call(backend.engine.clear)
+    caplog.set_level("DEBUG", logger="workers.backends.llama_batch")
+    journal = Journal()
+    first = Job(journal, "first").start(
+        backend, "chat", ask("Count from one to fifty.", max_tokens=120)
+    )
+    wait_until(lambda: journal.tokens("first") >= 3, "the first job's tokens")
+    second = Job(journal, "second").start(backend, "chat", ask(QUESTIONS[0], max_tokens=24))
+    assert second.wait().output == alone
+    first.cancel.set()
+    first.wait()
+    admitted = [r.getMessage() for r in caplog.records if "prompt tokens" in r.getMessage()]
+    shared = int(admitted[-1].split(", ")[1].split()[0])
+    assert shared > 100, admitted  # the system prompt came from the first job's slot
