@@ -371,3 +371,31 @@ def test_a_shared_system_prompt_is_reused_across_slots(backend, caplog):
     admitted = [r.getMessage() for r in caplog.records if "prompt tokens" in r.getMessage()]
     shared = int(admitted[-1].split(", ")[1].split()[0])
     assert shared > 100, admitted  # the system prompt came from the first job's slot
+
+
+def test_max_concurrency_one_runs_jobs_one_after_another(make_settings, caplog):
+    caplog.set_level("DEBUG", logger="workers.backends.llama_batch")
+    settings = make_settings()
+    spec = load_registry(settings.registry).get("smollm2-135m")
+    spec.max_concurrency = 1
+    backend = LlamaCppBackend(spec, settings)
+    backend.load()
+    try:
+        assert backend.health()["slots"] == 1
+        journal = Journal()
+        jobs = [
+            Job(journal, f"j{i}").start(backend, "chat", chat(q, max_tokens=16))
+            for i, q in enumerate(QUESTIONS[:2])
+        ]
+        results = [job.wait() for job in jobs]
+        # the engine's own record: the second job was admitted once the first had ended
+        steps = [
+            "ended" if "ended" in r.getMessage() else "admitted"
+            for r in caplog.records
+            if "ended" in r.getMessage() or "prompt tokens" in r.getMessage()
+        ]
+        assert steps[-4:] == ["admitted", "ended", "admitted", "ended"], steps
+        for q, result in zip(QUESTIONS[:2], results, strict=True):
+            assert result.output == backend.run("chat", chat(q, max_tokens=16), None).output
+    finally:
+        backend.close()

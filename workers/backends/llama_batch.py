@@ -377,6 +377,7 @@ class BatchEngine:
             rest = slot.text.finish()
             if rest:
                 req.events.put(("text", rest))
+        log.debug("slot %s: ended (%s) after %s tokens", slot.seq, reason, slot.produced)
         req.events.put(("error", error) if error else ("end", reason, slot.produced))
         if slot.sampler is not None:
             self.lib.llama_sampler_free(slot.sampler)
