@@ -1,4 +1,4 @@
-"""Static checks of the Kubernetes manifests (docs/kubernetes), as test_deploy_files.py does
+"""Static checks of the Kubernetes manifests (docs/kubernetes), as test_compose.py does
 for compose: no cluster is needed.
 
 The kustomizations are rendered in Python (kubernetes_render.py: the subset of kustomize
@@ -29,6 +29,13 @@ except ImportError as exc:  # a missing prerequisite fails, saying how to get it
 from shared.celery_app import broker_keys, job_time_limits
 from shared.config import Settings
 from shared.registry import load_registry
+from tests.unit.deploy_files import (
+    command_of,
+    dockerfile_stages,
+    instructions,
+    services,
+    worker_entrypoint_script,
+)
 from tests.unit.kubernetes_render import (
     CLUSTER_WIDE,
     KEDA,
@@ -36,13 +43,6 @@ from tests.unit.kubernetes_render import (
     keda_errors,
     key,
     render,
-)
-from tests.unit.test_deploy_files import (
-    command_of,
-    dockerfile_stages,
-    instructions,
-    services,
-    worker_entrypoint_script,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
