@@ -38,9 +38,13 @@ def find_chromium() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator:
-    """One headless chromium for the session; fails (never skips) without one."""
+    """One headless chromium for the browser tests; fails (never skips) without one.
+
+    Package scope, not session: playwright's sync API runs an event loop in the main thread
+    while it is open, and tests after these (asyncio.run in the held-streams test) need none.
+    """
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
