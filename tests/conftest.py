@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,6 +181,26 @@ def consumer_paused(settings: Settings, model: str) -> Iterator[None]:
     finally:
         app.control.add_consumer(queue, destination=nodes, reply=True, timeout=10)
         app.close()
+
+
+def on_threads(fn, n: int, timeout: float = 60.0):
+    """Run fn(i) for i in range(n) on n threads released at once; return (results, errors)."""
+    results, errors = [None] * n, [None] * n
+    start = threading.Barrier(n)
+
+    def go(i):
+        start.wait()
+        try:
+            results[i] = fn(i)
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            errors[i] = exc
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return results, errors
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):

@@ -12,6 +12,7 @@ import pytest
 
 from shared.errors import InputRejected, ModelNotAvailable
 from shared.registry import ModelSpec
+from tests.conftest import on_threads
 from workers.backends.base import JobContext
 from workers.batching import Batch, BatchOptions, DynamicBatcher, check_texts
 
@@ -45,26 +46,6 @@ def context(job_id: str, stop=lambda: False, deadline=None) -> JobContext:
         deadline=deadline,
         check_interval_s=0.01,
     )
-
-
-def on_threads(fn, n):
-    """Run fn(i) for i in range(n) on n threads at once; return (results, errors)."""
-    results, errors = [None] * n, [None] * n
-    start = threading.Barrier(n)
-
-    def go(i):
-        start.wait()
-        try:
-            results[i] = fn(i)
-        except Exception as exc:  # noqa: BLE001 - the test inspects it
-            errors[i] = exc
-
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return results, errors
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from shared.errors import InputRejected
 from shared.inputs import ChatInput, ClassifyInput, EmbedInput, TranscribeInput, VqaInput
 from shared.registry import ModelSpec
 from shared.store.fleet import Fleet
-from tests.conftest import wait_for
+from tests.conftest import on_threads, wait_for
 from tests.integration.tiny_models import BUILDERS
 from workers.backends import backend_class
 from workers.backends.base import JobContext
@@ -55,25 +55,6 @@ def context(job_id: str, stop=lambda: False, events=None) -> JobContext:
         deadline=None,
         check_interval_s=0.01,
     )
-
-
-def on_threads(fn, n):
-    results, errors = [None] * n, [None] * n
-    start = threading.Barrier(n)
-
-    def go(i):
-        start.wait()
-        try:
-            results[i] = fn(i)
-        except Exception as exc:  # noqa: BLE001 - the test inspects it
-            errors[i] = exc
-
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    return results, errors
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +96,9 @@ def test_minilm_32_concurrent_jobs_match_one_at_a_time(loaded):
     ]
     before = backend.batcher.describe()
     together, errors = on_threads(
-        lambda i: backend.run("embed", EmbedInput(text=texts[i]), context(f"b{i}")), CLIENTS
+        lambda i: backend.run("embed", EmbedInput(text=texts[i]), context(f"b{i}")),
+        CLIENTS,
+        timeout=300,
     )
     assert errors == [None] * CLIENTS
     after = backend.batcher.describe()
@@ -134,7 +117,7 @@ def test_minilm_a_bad_text_fails_only_its_own_job(loaded):
         texts = ["fine", "bad \ud800 text"] if i == 5 else [f"text {i}", "another"]
         return backend.run("embed", EmbedInput(texts=texts), context(f"j{i}"))
 
-    results, errors = on_threads(job, CLIENTS)
+    results, errors = on_threads(job, CLIENTS, timeout=300)
     assert isinstance(errors[5], InputRejected)
     assert "input.texts[1] is not valid Unicode" in str(errors[5])
     assert [e for i, e in enumerate(errors) if i != 5] == [None] * (CLIENTS - 1)
@@ -154,7 +137,9 @@ def test_classifier_batched_matches_alone(loaded, folders):
     alone = [backend.run("classify", ClassifyInput(text=t), context("a")).output for t in texts]
     before = backend.batcher.describe()["passes"]
     together, errors = on_threads(
-        lambda i: backend.run("classify", ClassifyInput(text=texts[i]), context(f"b{i}")), 16
+        lambda i: backend.run("classify", ClassifyInput(text=texts[i]), context(f"b{i}")),
+        16,
+        timeout=300,
     )
     assert errors == [None] * 16
     assert [r.output for r in together] == alone
@@ -190,7 +175,7 @@ def test_whisper_windows_of_concurrent_jobs_share_generate(loaded, folders):
 
     alone = [job(i, "a") for i in range(6)]
     before = backend.batcher.describe()["passes"]
-    together, errors = on_threads(lambda i: job(i, "b"), 6)
+    together, errors = on_threads(lambda i: job(i, "b"), 6, timeout=300)
     assert errors == [None] * 6
     assert together == alone  # the same text, and the same window texts streamed
     assert backend.batcher.describe()["passes"] - before < 6
@@ -219,7 +204,7 @@ def test_blip_questions_of_concurrent_jobs_share_generate(loaded, folders):
 
     alone = [job(i) for i in range(8)]
     before = backend.batcher.describe()["passes"]
-    together, errors = on_threads(lambda i: job(i, broken if i == 2 else None), 8)
+    together, errors = on_threads(lambda i: job(i, broken if i == 2 else None), 8, timeout=300)
     assert "could not be decoded" in str(errors[2])
     for i in range(8):
         if i != 2:
@@ -268,7 +253,7 @@ def test_causal_lm_greedy_chats_in_one_batch_match_one_at_a_time(loaded, folders
     backend = loaded(lm_spec(folders, quantization, 8))
     streams = [[] for _ in range(8)]
     together, errors = on_threads(
-        lambda i: backend.run("chat", chat(i), context(f"b{i}", events=streams[i])), 8
+        lambda i: backend.run("chat", chat(i), context(f"b{i}", events=streams[i])), 8, timeout=300
     )
     assert errors == [None] * 8
     # The registry's default sampling (repeat_penalty 1.1) runs inside the batch.
@@ -298,7 +283,7 @@ def test_causal_lm_cancel_one_job_mid_batch_while_the_others_finish(loaded, fold
             return backend.run("chat", inputs, context("long", first_token_then_cancel, events))
         return backend.run("chat", chat(i), context(f"b{i}"))
 
-    results, errors = on_threads(job, 4)
+    results, errors = on_threads(job, 4, timeout=300)
     assert errors == [None] * 4
     assert results[0].output["finish_reason"] == "canceled"
     assert results[0].metrics["completion_tokens"] < 4000
@@ -347,6 +332,7 @@ def test_causal_lm_seeded_and_stop_string_jobs_run_beside_the_batch(loaded, fold
             context(f"j{i}"),
         ),
         6,
+        timeout=300,
     )
     assert errors == [None] * 6
     assert results[0].output == alone[0]
@@ -412,7 +398,7 @@ def test_causal_lm_a_job_past_the_kv_cache_fails_alone(loaded, folders):
             return backend.run("chat", inputs, context("too-long"))
         return backend.run("chat", chat(1), context(f"j{i}"))
 
-    results, errors = on_threads(job, 4)
+    results, errors = on_threads(job, 4, timeout=300)
     assert isinstance(errors[0], InputRejected) and "kv_cache_tokens" in str(errors[0])
     assert errors[1:] == [None] * 3
     assert [r.output for r in results[1:]] == [alone] * 3
