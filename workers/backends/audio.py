@@ -58,18 +58,6 @@ class WhisperBackend(HFBackend):
         rate = self.processor.feature_extractor.sampling_rate
         self.batcher.run([np.zeros(rate, np.float32)], None, key=(None, None, 1))
 
-    def health(self) -> dict[str, Any]:
-        info = super().health()
-        if self.loaded:
-            info["batching"] = self.batcher.describe()
-        return info
-
-    def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
-            self.batcher = None
-        super().close()
-
     def transcribe(self, inputs: TranscribeInput, ctx: JobContext) -> Result:
         """Transcribe speech window by window; each window's text streams as it is ready."""
         rate = self.processor.feature_extractor.sampling_rate

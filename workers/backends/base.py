@@ -145,12 +145,21 @@ class Backend:
         """Return how many jobs may be inside run() at once: the registry's, else the default."""
         return self.spec.max_concurrency or self.default_max_concurrency
 
+    # A backend whose jobs share forward passes sets this to its workers.batching.DynamicBatcher.
+    batcher: Any = None
+
     def health(self) -> dict[str, Any]:
         """Return facts about the loaded model for the admin views."""
-        return {"loaded": self.loaded}
+        info: dict[str, Any] = {"loaded": self.loaded}
+        if self.loaded and self.batcher is not None:
+            info["batching"] = self.batcher.describe()
+        return info
 
     def close(self) -> None:
-        """Release the model."""
+        """Release the model (and stop its batcher)."""
+        if self.batcher is not None:
+            self.batcher.close()
+            self.batcher = None
         self.loaded = False
 
     def run(self, task: str, inputs: BaseModel, ctx: JobContext) -> Result:

@@ -7,7 +7,6 @@ image is decoded on its own thread first, so a broken image fails only its own j
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import torch
 from transformers import StoppingCriteriaList
@@ -45,18 +44,6 @@ class BlipVqaBackend(HFBackend):
         from PIL import Image
 
         self.batcher.run([(Image.new("RGB", (32, 32)), "what?")], None, key=1)
-
-    def health(self) -> dict[str, Any]:
-        info = super().health()
-        if self.loaded:
-            info["batching"] = self.batcher.describe()
-        return info
-
-    def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
-            self.batcher = None
-        super().close()
 
     def vqa(self, inputs: VqaInput, ctx: JobContext) -> Result:
         """Answer a question about an image."""

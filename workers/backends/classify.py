@@ -54,14 +54,8 @@ class ClassifierBackend(HFBackend):
     def health(self) -> dict[str, Any]:
         info = super().health()
         if self.loaded:
-            info.update(labels=self.labels, batching=self.batcher.describe())
+            info["labels"] = self.labels
         return info
-
-    def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
-            self.batcher = None
-        super().close()
 
     def classify(self, inputs: ClassifyInput, ctx: JobContext) -> Result:
         """Score every label for each text in passes shared with other jobs."""

@@ -62,14 +62,10 @@ class EmbeddingsBackend(Backend):
                 device=self.device,
                 quantization=self.spec.quantization,
                 max_seq_length=self.model.max_seq_length,
-                batching=self.batcher.describe(),
             )
         return info
 
     def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
-            self.batcher = None
         self.model = None
         super().close()
 
